@@ -144,3 +144,102 @@ class ServiceUnavailable(DynamoDBError):
     namespace = "com.amazon.coral.availability"
     status = 503
     default_message = "Service Unavailable"
+
+
+class BadRequestException(DynamoDBError):
+    """Not one of DynamoDB's types: its load balancers refuse a request that is not valid
+    HTTP/1.1 (a garbled request line, a header section past its size limit) before DynamoDB
+    sees it. dynstore answers such a request in DynamoDB's error format and closes the
+    connection, since the rest of the byte stream cannot be trusted."""
+
+    namespace = _CORAL_SERVICE
+    default_message = "Malformed HTTP request"
+
+
+# The rest of DynamoDB's error types from its service model (backups, point-in-time recovery,
+# global tables, exports, imports, resource policies): every ``__type`` a client may receive
+# has its class here, so the server and dynstore.client name each failure the same way.
+
+
+class TableAlreadyExistsException(DynamoDBError):
+    pass
+
+
+class TableNotFoundException(DynamoDBError):
+    pass
+
+
+class TableInUseException(DynamoDBError):
+    pass
+
+
+class IndexNotFoundException(DynamoDBError):
+    pass
+
+
+class BackupInUseException(DynamoDBError):
+    pass
+
+
+class BackupNotFoundException(DynamoDBError):
+    pass
+
+
+class ContinuousBackupsUnavailableException(DynamoDBError):
+    pass
+
+
+class PointInTimeRecoveryUnavailableException(DynamoDBError):
+    pass
+
+
+class InvalidRestoreTimeException(DynamoDBError):
+    pass
+
+
+class GlobalTableAlreadyExistsException(DynamoDBError):
+    pass
+
+
+class GlobalTableNotFoundException(DynamoDBError):
+    pass
+
+
+class ReplicaAlreadyExistsException(DynamoDBError):
+    pass
+
+
+class ReplicaNotFoundException(DynamoDBError):
+    pass
+
+
+class ReplicatedWriteConflictException(DynamoDBError):
+    pass
+
+
+class ExportConflictException(DynamoDBError):
+    pass
+
+
+class ExportNotFoundException(DynamoDBError):
+    pass
+
+
+class InvalidExportTimeException(DynamoDBError):
+    pass
+
+
+class ImportConflictException(DynamoDBError):
+    pass
+
+
+class ImportNotFoundException(DynamoDBError):
+    pass
+
+
+class DuplicateItemException(DynamoDBError):
+    pass
+
+
+class PolicyNotFoundException(DynamoDBError):
+    pass

@@ -1,0 +1,55 @@
+"""What every operation is given: the router and the node's identity.
+
+``State`` is passed as the first argument of every function in ``OPERATIONS``. The
+HTTP front end builds it once (``await State.open(data_dir, ...)``) and closes it on
+shutdown; tests build it the same way on a temporary directory.
+
+``clock`` is the only source of time the operations read (CreationDateTime, TTL
+expiry, throughput decrease dates), so tests can move time instead of sleeping.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dynstore.api.operations.ttl import expire_forever
+from dynstore.router import LocalRouter
+
+
+@dataclass
+class State:
+    router: Any  # a Router (see dynstore.router): LocalRouter on one node
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    address: str = "127.0.0.1:8000"  # host:port clients reach this endpoint at, for DescribeEndpoints
+    clock: Callable[[], float] = time.time
+    # Per partition item count and size, loaded from the partition on first use (store.py).
+    stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    # Per table (by TableId) resolved schema, rebuilt when the description changes (schema.py).
+    schemas: dict = field(default_factory=dict)
+    # Per table (by TableId) where the expiry task resumes its pass (ttl.py).
+    ttl_cursors: dict = field(default_factory=dict)
+    _background: list = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, data_dir: str, *, backend: str | None = None, sync: str = "auto",
+                   expire: bool = True, **identity) -> "State":
+        """Open the node's storage; ``expire`` starts the TTL expiry task."""
+        state = cls(LocalRouter(data_dir, backend=backend, sync=sync), **identity)
+        if expire:
+            state._background.append(asyncio.create_task(expire_forever(state)))
+        return state
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._background.clear()
+        await self.router.close()

@@ -1,0 +1,97 @@
+"""The ``dynstore`` command.
+
+``dynstore up`` serves the DynamoDB API from one process over the storage under
+``--data-dir``, prints the endpoint and the credentials to use, and stops cleanly on Ctrl-C
+or SIGTERM: it stops accepting, lets running requests answer (a few seconds at most), then
+closes the storage.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import sys
+
+import click
+import uvloop
+
+from dynstore.api.credentials import (
+    DEVELOPMENT_ACCESS_KEY_ID,
+    DEVELOPMENT_SECRET_ACCESS_KEY,
+    Credentials,
+    CredentialsError,
+)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.group()
+def main():
+    """dynstore: a self-hosted, DynamoDB-compatible database."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--data-dir", default="./dynstore-data", show_default=True, type=click.Path(file_okay=False),
+              help="Where the tables are stored.")
+@click.option("--region", default="us-east-1", show_default=True, help="The region the endpoint reports.")
+@click.option("--credentials-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="INI file of access keys, like ~/.aws/credentials (also: DYNSTORE_ACCESS_KEY_ID and "
+                   "DYNSTORE_SECRET_ACCESS_KEY).")
+def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None):
+    """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
+    try:
+        credentials = Credentials.load(credentials_file)
+    except CredentialsError as e:
+        raise click.UsageError(str(e)) from None
+    if not credentials.configured and not _is_loopback_host(host):
+        raise click.UsageError(
+            f"listening on {host} needs configured credentials (the development pair is accepted from "
+            f"this machine only): set DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY, or pass "
+            f"--credentials-file")
+    uvloop.run(_serve(host, port, data_dir, region, credentials))
+
+
+async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials) -> None:
+    from dynstore.api.operations import OPERATIONS, State
+    from dynstore.api.server import Server
+
+    state = await State.open(data_dir, region=region, address=f"{host}:{port}")
+    try:
+        server = Server(OPERATIONS, state, credentials, region=region)
+        await server.start(host, port)
+        endpoint_host = f"[{host}]" if ":" in host else host
+        click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
+        click.echo(f"data directory: {data_dir}")
+        if credentials.configured:
+            click.echo("credentials: the configured access keys")
+        else:
+            click.echo(f"credentials (development, accepted from this machine only):\n"
+                       f"  aws_access_key_id     = {DEVELOPMENT_ACCESS_KEY_ID}\n"
+                       f"  aws_secret_access_key = {DEVELOPMENT_SECRET_ACCESS_KEY}")
+        click.echo("press Ctrl-C to stop")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        click.echo("stopping")
+        server.close()
+        await server.wait_closed()
+    finally:
+        await state.close()
+    click.echo("stopped")
+
+
+from dynstore.bench.cli import bench  # noqa: E402  (a command of its own module, added to the group)
+
+main.add_command(bench)

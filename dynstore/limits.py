@@ -1,0 +1,240 @@
+"""Every limit of dynstore in one place, each with the reason it is what it is.
+
+Sections belong to the parts of the system that enforce them; relations between
+limits are asserted at import so that a change that breaks one fails loudly.
+"""
+
+# --- operations (dynstore/api/operations) ---------------------------------------------
+# DynamoDB's own numbers: clients and conformance tests depend on exactly these.
+
+TABLES_PER_ACCOUNT_MAX = 2500  # DynamoDB's default per-region table quota; CreateTable beyond it -> LimitExceededException.
+LIST_TABLES_LIMIT_MAX = 100  # ListTables returns at most 100 names per page (also its default page size).
+LOCAL_SECONDARY_INDEXES_MAX = 5  # per table, as in DynamoDB.
+GLOBAL_SECONDARY_INDEXES_MAX = 20  # per table, DynamoDB's default quota.
+TAGS_PER_RESOURCE_MAX = 50  # DynamoDB (and every AWS service) allows 50 user tags per resource.
+TAG_KEY_CHARS_MAX = 128  # AWS tag key length limit, in Unicode characters.
+TAG_VALUE_CHARS_MAX = 256  # AWS tag value length limit, in Unicode characters.
+PROVISIONED_UNITS_MAX = 40_000  # DescribeLimits' TableMax{Read,Write}CapacityUnits: more per table is refused.
+ACCOUNT_PROVISIONED_UNITS_MAX = 80_000  # DescribeLimits' AccountMax{Read,Write}CapacityUnits.
+THROUGHPUT_DECREASES_PER_DAY_MAX = 27  # DynamoDB: 4 decreases any time plus one per hour after the last, 27 a day.
+READ_UNIT_BYTES = 4096  # one strongly consistent read unit covers 4 KB of item data.
+WRITE_UNIT_BYTES = 1024  # one write unit covers 1 KB of item data.
+PAGE_BYTES_MAX = 1024 * 1024  # Query and Scan stop a page once 1 MB of items was read.
+BATCH_WRITE_REQUESTS_MAX = 25  # BatchWriteItem: at most 25 put/delete requests.
+BATCH_GET_KEYS_MAX = 100  # BatchGetItem: at most 100 keys across all tables.
+BATCH_GET_RESPONSE_BYTES_MAX = 16 * 1024 * 1024  # BatchGetItem returns at most 16 MB; the rest is UnprocessedKeys.
+TTL_SCAN_INTERVAL_S = 1.0  # how often the expiry task looks for expired items (DynamoDB: within days).
+TTL_PAST_MAX_S = 5 * 365 * 24 * 3600  # DynamoDB ignores TTL values more than 5 years in the past.
+TTL_DELETES_PER_ROUND_MAX = 1000  # expired items deleted per table per round, so expiry never starves requests.
+STORED_VALUE_BYTES_MAX = 512 * 1024  # the B-tree's value limit: an encoded item must fit in it.
+
+assert TAGS_PER_RESOURCE_MAX > 0 and PROVISIONED_UNITS_MAX <= ACCOUNT_PROVISIONED_UNITS_MAX
+assert PAGE_BYTES_MAX < BATCH_GET_RESPONSE_BYTES_MAX
+
+# --- expressions (dynstore/api/expressions) -------------------------------------------
+# DynamoDB's documented expression limits; conformance tests probe each boundary exactly.
+
+EXPRESSION_BYTES_MAX = 4096  # any one expression string, in UTF-8 bytes; checked before parsing.
+EXPRESSION_OPERATORS_MAX = 300  # comparators, AND, OR, NOT, BETWEEN, IN, + and - in one expression.
+EXPRESSION_IN_OPERANDS_MAX = 100  # right-hand operands of one IN.
+EXPRESSION_PATH_DEPTH_MAX = 32  # nesting levels of one document path, as for items themselves.
+EXPRESSION_PLACEHOLDER_BYTES_MAX = 255  # a #name or :value placeholder, including its first character.
+# Parenthesised groups and function calls nested inside each other. DynamoDB refuses deeper
+# nesting through the operator limit or redundant parentheses; the bound keeps the recursive
+# parser's stack small whatever the input.
+EXPRESSION_NESTING_MAX = 300
+EXPRESSION_CACHE_ENTRIES_MAX = 4096  # parsed expressions kept by text; a few hundred per workload is typical.
+NUMBER_DIGITS_MAX = 38  # significant digits of a DynamoDB number; arithmetic results beyond it are refused.
+
+assert EXPRESSION_IN_OPERANDS_MAX < EXPRESSION_OPERATORS_MAX < EXPRESSION_BYTES_MAX
+assert EXPRESSION_NESTING_MAX <= EXPRESSION_OPERATORS_MAX
+
+# --- write-ahead log (dynstore/storage/wal.py, native/wal.c) ---------------------------
+# Passed to the C code at open, so both backends enforce the same numbers.
+
+# A segment is preallocated whole, so running out of space shows when one is created and
+# never in the middle of a record; 64 MiB is a few seconds of writes at full speed, small
+# enough that drop_before frees space soon after a checkpoint.
+WAL_SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024
+# Small segments are allowed for tests of rolling and disk-full behaviour on tiny file systems.
+WAL_SEGMENT_BYTES_MIN = 64 * 1024
+# One record holds one replicated write batch: a TransactWriteItems of 100 items of 400 KB
+# is about 40 MB of item data, so a record larger than this is refused rather than queued.
+WAL_RECORD_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
+# Bytes queued for the flusher before append() waits for it: bounds the memory of a log whose
+# appenders outrun the disk, and is large enough that a full queue means the disk is saturated.
+WAL_QUEUE_BYTES_MAX = 128 * 1024 * 1024
+# Bytes of records returned by one call into the log while iterating: large enough that the
+# per-call cost vanishes, small enough that a reader holds little memory.
+WAL_READ_CHUNK_BYTES = 1024 * 1024
+
+assert WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT
+assert WAL_RECORD_PAYLOAD_BYTES_MAX < WAL_QUEUE_BYTES_MAX  # one record always fits in an empty queue
+
+# --- B+tree (dynstore/storage/btree.py, native/btree.pyx) ------------------------------
+# Fixed by the file format except the cache bounds; both backends read these numbers.
+
+# 16 KiB pages: a key may be 4 KiB, and every page must hold at least three cells so that a
+# split always yields two pages that fit (a cell is at most a third of a page). With 8 KiB
+# pages a 4 KiB key would leave room for one cell. 16 KiB is also a whole number of NVMe
+# blocks, so a page is one read, and keeps the tree three levels deep for 10^8 small items.
+BTREE_PAGE_BYTES = 16 * 1024
+# Keys are DynamoDB storage keys: hash ‖ partition key (2048 B) ‖ sort key (1024 B) plus
+# encoding overhead stays well under 4 KiB.
+BTREE_KEY_BYTES_MAX = 4096
+BTREE_VALUE_BYTES_MAX = STORED_VALUE_BYTES_MAX  # one encoded item (400 KB) plus its metadata.
+# The buffer pool pins one root-to-leaf path (plus a split's new pages) during an operation;
+# 64 frames keep that possible for any height the format allows, with room to cache.
+BTREE_CACHE_BYTES_MIN = 64 * BTREE_PAGE_BYTES
+BTREE_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024  # one partition's working set on a shared node.
+# Deepest tree the code descends: the root splits only when full (three cells or more), so
+# every level multiplies the reachable pages by three at least and 2^32 pages need ~21 levels.
+BTREE_HEIGHT_MAX = 40
+# Items returned by one native call while a cursor walks: amortises the call and the
+# re-descent from the root that makes cursors safe against writes between batches.
+BTREE_SCAN_BATCH_ITEMS = 256
+
+assert BTREE_KEY_BYTES_MAX * 3 < BTREE_PAGE_BYTES  # three largest internal cells fit a page
+assert BTREE_CACHE_BYTES_MIN // BTREE_PAGE_BYTES > BTREE_HEIGHT_MAX + 2  # a pinned path plus a split
+assert BTREE_CACHE_BYTES_MIN <= BTREE_CACHE_BYTES_DEFAULT
+
+# --- HTTP front end (dynstore/api/server.py, sigv4.py, model.py) ----------------------
+# What one client may cost a node: every byte, connection and second it can hold is bounded.
+
+HTTP_BODY_BYTES_MAX = 16 * 1024 * 1024  # DynamoDB's own request limit (RequestEntityTooLargeException, 413).
+# Request line plus headers. A SigV4-signed boto3 request carries about 1 KB of headers; 16 KiB
+# is what common load balancers allow and keeps a flood of header bytes from growing memory.
+HTTP_HEADER_BYTES_MAX = 16 * 1024
+HTTP_HEADERS_MAX = 100  # header fields per request; real clients send about ten.
+# Open client connections per server process. Each costs a socket, a parser and a few KB;
+# past the limit a connection gets one 503 (which SDKs retry) and is closed.
+HTTP_CONNECTIONS_MAX = 4096
+# Requests read ahead on one pipelined connection before reading pauses until responses drain,
+# so a client that sends without reading cannot queue unbounded work.
+HTTP_PIPELINED_REQUESTS_MAX = 16
+HTTP_IDLE_TIMEOUT_S = 60.0  # keep-alive connection with no request in progress (AWS load balancers: 60 s).
+HTTP_HEADER_TIMEOUT_S = 10.0  # first byte of a request to the end of its headers (slow-header clients).
+# End of headers to end of body: 16 MiB at 1 MB/s fits, a client that stops sending mid-body does not.
+HTTP_BODY_TIMEOUT_S = 30.0
+# A response the client does not read: how long writing may stay blocked before the connection closes.
+HTTP_SEND_TIMEOUT_S = 30.0
+HTTP_SHUTDOWN_GRACE_S = 5.0  # on stop, requests already running get this long to answer.
+SIGV4_CLOCK_SKEW_S = 15 * 60  # DynamoDB refuses signatures dated more than 15 minutes from its clock.
+SIGV4_PRESIGNED_EXPIRES_S_MAX = 7 * 24 * 3600  # the longest X-Amz-Expires AWS accepts (one week).
+# Derived signing keys kept (one per access key, day and region in use); cleared whole when full.
+SIGV4_SIGNING_KEYS_CACHED_MAX = 1024
+VALIDATION_ERRORS_MAX = 10  # DynamoDB lists at most 10 constraint violations in one ValidationException.
+# Nested structures, lists and maps in a request body. Items may nest 32 levels (values.py gives
+# DynamoDB's message); each level is two JSON levels (map, then value), plus the request's own.
+REQUEST_NESTING_MAX = 2 * 32 + 8
+
+assert HTTP_HEADER_BYTES_MAX < HTTP_BODY_BYTES_MAX
+assert HTTP_HEADER_TIMEOUT_S <= HTTP_IDLE_TIMEOUT_S and HTTP_SHUTDOWN_GRACE_S < HTTP_BODY_TIMEOUT_S
+assert SIGV4_CLOCK_SKEW_S < SIGV4_PRESIGNED_EXPIRES_S_MAX
+
+# --- data model (dynstore/api/values.py, keys.py) --------------------------------------
+# DynamoDB's own numbers (checked against the real service): conformance tests probe each
+# boundary to the byte, so none of these may move.
+
+ITEM_BYTES_MAX = 400 * 1024  # 409,600 accepted, 409,601 refused ("Item size has exceeded...").
+ATTRIBUTE_NAME_BYTES_MAX = 65535  # UTF-8 bytes of an attribute or map key name; 65,536 is refused.
+# A map or list may sit at levels 1..31 (the attribute itself is level 1), so a scalar may sit at
+# level 32: 31 nested maps are accepted and 32 refused by the real service.
+NESTING_LEVELS_MAX = 32
+NUMBER_EXPONENT_MAX = 125  # largest power of ten of a number's leading digit: 9.99..E+125.
+NUMBER_EXPONENT_MIN = -130  # smallest: 1E-130.
+PARTITION_KEY_BYTES_MAX = 2048  # S: UTF-8 bytes, B: raw bytes; numbers are always small enough.
+SORT_KEY_BYTES_MAX = 1024
+STORAGE_KEY_HASH_BYTES = 8  # leading hash of the partition key: spreads partitions over the key space.
+# keys.py writes a string or binary key component in groups of 8 bytes plus a marker byte, with
+# one group more than needed so the end is marked; a number takes at most 2 + 38 + 1 bytes.
+STORAGE_KEY_BYTES_MAX = (
+    STORAGE_KEY_HASH_BYTES
+    + 9 * (PARTITION_KEY_BYTES_MAX // 8 + 1)
+    + 9 * (SORT_KEY_BYTES_MAX // 8 + 1)
+)
+
+assert STORAGE_KEY_BYTES_MAX <= BTREE_KEY_BYTES_MAX  # every DynamoDB key fits the B-tree
+assert ITEM_BYTES_MAX < STORED_VALUE_BYTES_MAX
+assert EXPRESSION_PATH_DEPTH_MAX == NESTING_LEVELS_MAX
+assert 2 + NUMBER_DIGITS_MAX + 1 < 9 * (SORT_KEY_BYTES_MAX // 8 + 1)  # numbers never set the maximum
+
+# --- client (dynstore/client) -----------------------------------------------------------
+# What one dynstore.client process may cost itself and the server when things go wrong.
+
+# Attempts of one request, the first included, when the server throttles or fails: botocore's
+# DynamoDB default, so a dynstore.client program gives up no sooner than a boto3 one.
+CLIENT_ATTEMPTS_MAX = 10
+# Full-jitter backoff: attempt n waits uniform(0, min(cap, base * 2**n)). 50 ms is botocore's
+# DynamoDB base; the cap keeps the wait before the tenth attempt under half a minute.
+CLIENT_BACKOFF_BASE_S = 0.05
+CLIENT_BACKOFF_CAP_S = 20.0
+# One socket operation (connect, a send, a receive): botocore's default read timeout. A
+# DynamoDB request is answered in milliseconds; this only bounds a dead server or network.
+CLIENT_SOCKET_TIMEOUT_S = 60.0
+# Open connections of one asyncio client: requests beyond it wait for a connection to come
+# free, so a burst of tasks cannot open thousands of sockets (botocore's pool holds 10).
+CLIENT_CONNECTIONS_MAX = 64
+CLIENT_RECV_BYTES = 256 * 1024  # one recv(): a 1 MB Query page arrives in a few calls.
+# create_table(wait=True) polls DescribeTable until ACTIVE: every 100 ms (a local table is
+# ready at once, a replicated one in a second or two), for at most 10 minutes like boto3's waiter.
+CLIENT_TABLE_POLL_S = 0.1
+CLIENT_TABLE_WAIT_S_MAX = 600.0
+
+assert CLIENT_BACKOFF_BASE_S < CLIENT_BACKOFF_CAP_S < CLIENT_SOCKET_TIMEOUT_S
+assert CLIENT_TABLE_POLL_S < CLIENT_TABLE_WAIT_S_MAX
+
+# --- load generator (dynstore/bench) ------------------------------------------------------
+# What one `dynstore bench` run may hold; the generator must never be what a run measures.
+
+# Latencies are recorded in microseconds from 1 µs to one minute at 3 significant digits
+# (HdrHistogram): a request slower than a minute is a failure, not a latency to rank.
+BENCH_LATENCY_US_MAX = 60_000_000
+BENCH_LATENCY_DIGITS = 3
+# Open connections of one generator process. In open loop, requests beyond them wait for one
+# to come free and that wait counts in their latency; enough for 10k req/s at 25 ms each.
+BENCH_CONNECTIONS_PER_WORKER_MAX = 256
+# After the last scheduled send, requests still running get this long to finish; the rest
+# are reported as unfinished (an overloaded target would otherwise hold the run forever).
+BENCH_DRAIN_S = 10.0
+# A run is at most an hour: the per-second latency windows of all processes stay a few MB.
+BENCH_DURATION_S_MAX = 3600.0
+BENCH_PROGRESS_S = 0.5  # how often each generator process reports its counts to the display.
+
+assert BENCH_DRAIN_S * 1_000_000 < BENCH_LATENCY_US_MAX
+
+# --- replication (dynstore/replication) -------------------------------------------------
+# Timing of one Multi-Paxos group and the bounds on what one message or one leader may hold.
+
+# Largest rate at which a replica's monotonic clock may run fast or slow against real time.
+# Server quartz drifts about 1e-5 and NTP-disciplined clocks less; 1e-3 leaves two orders of
+# magnitude for virtualised hosts whose clocks stall and catch up.
+CLOCK_DRIFT_MAX = 1e-3
+# A follower that heard from the leader at its local time t refuses any other ballot until its
+# clock reads t + ELECTION_TIMEOUT_S, and a follower only campaigns after that long in silence.
+# One second rides out a GC pause or a busy event loop without a needless election.
+ELECTION_TIMEOUT_S = 1.0
+# The leader sends an Accept (possibly empty) to every peer this often: a tenth of the election
+# timeout lets nine in a row be lost before followers give up on it.
+HEARTBEAT_INTERVAL_S = 0.1
+# The leader's lease runs from the send time of an Accept that a quorum acknowledged. The
+# acknowledging follower's window starts no earlier (it received the message later) and lasts at
+# least ELECTION_TIMEOUT_S / (1 + drift) of real time; the lease, measured on a clock that may run
+# slow, lasts at most LEASE_S / (1 - drift). Equal at LEASE_S = timeout * (1 - drift) / (1 + drift).
+LEASE_S = ELECTION_TIMEOUT_S * (1 - CLOCK_DRIFT_MAX) / (1 + CLOCK_DRIFT_MAX)
+# Entries in one Accept: enough to carry a burst of batched proposals in one message, few enough
+# that a lagging follower's catch-up message stays a few MB with 4 KB commands.
+ACCEPT_ENTRIES_MAX = 256
+# Entries sent to a follower and not yet acknowledged: a window of this many keeps the pipeline
+# full over a WAN-sized round trip while bounding what is resent after a loss.
+INFLIGHT_ENTRIES_MAX = 4 * ACCEPT_ENTRIES_MAX
+# Proposals a leader holds uncommitted before refusing more (retryable): bounds its memory and
+# how much work is in doubt when it fails.
+UNCOMMITTED_ENTRIES_MAX = 16 * ACCEPT_ENTRIES_MAX
+# Largest message frame accepted from the network; a snapshot chunk is 1 MiB of compressed data
+# and an Accept of ACCEPT_ENTRIES_MAX batches fits as well.
+FRAME_BYTES_MAX = 64 * 1024 * 1024
+
+assert HEARTBEAT_INTERVAL_S * 5 <= ELECTION_TIMEOUT_S  # several heartbeats fit in one timeout
+assert 0 < LEASE_S < ELECTION_TIMEOUT_S
+assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX

@@ -1,0 +1,651 @@
+"""The Multi-Paxos core of a replication group: a pure state machine.
+
+It owns no socket, file, clock, thread or randomness. Inputs are messages (``step``),
+proposals (``propose``, ``propose_members``), reads (``read``) and the passing of time
+(``tick``); every input carries ``now``, the replica's monotonic clock in seconds, and
+jitter comes from the ``rng`` the shell passes in. Outputs are collected until the
+shell calls ``ready()``, which hands back a ``Ready``:
+
+    persist     records to make durable, in order (messages.HardState / Entries /
+                SnapshotMeta); the core has already applied each to its own Store
+    messages    to send, and only once every record of this and earlier Readys is durable
+    committed   entries to apply to the state machine, in slot order, after persist (a log
+                replica's shell, which holds no state machine, only counts them)
+    snapshots   (peer, meta): that peer needs our snapshot, the log it lacks is gone
+
+Recovery replays the persisted records into ``Store.replay`` and builds a new core on
+it: memory and disk go through the same ``Store.apply``, so they cannot disagree.
+
+Protocol. A ballot is (round, replica), unique to the replica that owns it.
+- Pre-vote: a storage replica that hears nothing from a leader for a randomized
+  election timeout asks its peers whether they would promise a higher ballot; a peer
+  says yes only if its own window (below) has passed. A replica cut off alone cannot
+  gather the votes, so it never bumps its ballot and disturbs a healthy group.
+- Phase 1: the candidate promises itself and sends Prepare(ballot, commit + 1). An
+  acceptor promises a higher ballot (persisting it first) and returns every entry it
+  accepted from that slot on. With promises from a majority of every membership that
+  may be in force (the one at the candidate's commit index and every one in the
+  entries learned), the candidate takes, per slot, the value of the highest ballot,
+  fills gaps with no-ops, re-proposes all of it under its own ballot and adds one
+  no-op that opens its reign.
+- Phase 2: the leader streams Accepts (pipelined, batched, at most INFLIGHT_ENTRIES_MAX
+  unacknowledged per peer). An acceptor takes an Accept whose ballot is at least its
+  promise when its log matches the leader's at prev_slot (same ballot there, or slot
+  already committed); it overwrites entries of other ballots and never touches a
+  committed slot. A slot commits once a majority of every membership in force holds
+  it in the leader's ballot; the commit index rides on later Accepts and heartbeats.
+- Lease: an acceptor that hears from the leader at local time t refuses every other
+  ballot (promise and pre-vote) until t + election_timeout; after a restart it refuses
+  for election_timeout, having forgotten whom it backed. The leader holds a lease
+  until (send time of the newest Accept acknowledged by a majority) + lease, where
+  lease = election_timeout * (1 - drift) / (1 + drift): so a new leader cannot gather
+  promises before the old lease has run out on any clock within the drift bound, and
+  the old leader, which refuses promises while it leads, steps down once a full
+  election timeout passes without a majority. Strongly consistent reads need a valid
+  lease and a committed entry of the leader's own ballot (``read``).
+- Membership: one change at a time (one voter added or removed) through a MEMBERS
+  entry, in force once in the log, proposed only after the leader committed in its own
+  ballot. Log replicas vote and count in quorums but never campaign.
+- Catch-up: a lagging peer is resent entries from its match index on every heartbeat;
+  if they are compacted away, the leader asks the shell to ship its snapshot, and the
+  peer's shell calls ``install_snapshot`` once the state is in place.
+
+Faults tolerated: message loss, delay, duplication and reordering (every message is
+idempotent or judged by ballot), crashes (nothing is sent before it is durable), and
+clocks that run fast or slow within Timing.drift_max.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, ELECTION_TIMEOUT_S,
+                             HEARTBEAT_INTERVAL_S, INFLIGHT_ENTRIES_MAX, UNCOMMITTED_ENTRIES_MAX)
+from dynstore.replication.errors import Busy, NotLeader
+from dynstore.replication.messages import (COMMAND, LOG, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
+                                           Accepted, Ballot, Entries, Entry, HardState, Members,
+                                           PreVote, PreVoteReply, Prepare, Promise, SnapshotMeta,
+                                           decode_members, encode_members)
+
+FOLLOWER = "follower"
+PRECANDIDATE = "precandidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+_NEVER = float("-inf")
+_FOREVER = float("inf")
+
+
+@dataclass(frozen=True)
+class Timing:
+    election_timeout: float = ELECTION_TIMEOUT_S
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
+    drift_max: float = CLOCK_DRIFT_MAX  # the clock drift rate the lease is safe against
+
+    @property
+    def lease(self) -> float:
+        # See limits.LEASE_S for the derivation.
+        return self.election_timeout * (1 - self.drift_max) / (1 + self.drift_max)
+
+
+class Store:
+    """The durable state of one replica, changed only by records."""
+
+    def __init__(self) -> None:
+        self.promised = ZERO_BALLOT  # highest ballot promised
+        self.commit = 0  # highest slot known committed (a hint on disk: recovery clamps it)
+        self.snap = SnapshotMeta(0, ZERO_BALLOT, ())  # what the log starts after
+        self.entries: list[Entry] = []  # slots snap.index + 1 .. last_slot, no holes
+
+    @classmethod
+    def replay(cls, records) -> Store:
+        store = cls()
+        for record in records:
+            store.apply(record)
+        # A crash can keep a HardState and lose the Entries written before it.
+        store.commit = min(store.commit, store.last_slot)
+        return store
+
+    @property
+    def first_slot(self) -> int:
+        return self.snap.index + 1
+
+    @property
+    def last_slot(self) -> int:
+        return self.snap.index + len(self.entries)
+
+    def entry(self, slot: int) -> Entry:
+        return self.entries[slot - self.snap.index - 1]
+
+    def ballot_at(self, slot: int) -> Ballot:
+        return self.snap.ballot if slot == self.snap.index else self.entry(slot).ballot
+
+    def slice(self, lo: int, hi: int) -> tuple:
+        """Entries lo..hi inclusive (clipped to the log)."""
+        base = self.snap.index + 1
+        return tuple(self.entries[max(lo - base, 0):max(hi - base + 1, 0)])
+
+    def apply(self, record) -> None:
+        if type(record) is HardState:
+            self.promised, self.commit = record
+        elif type(record) is Entries:
+            first = record.entries[0].slot
+            assert self.snap.index < first <= self.last_slot + 1 and first > self.commit, (first, self.commit)
+            del self.entries[first - self.snap.index - 1:]
+            self.entries.extend(record.entries)
+        else:
+            assert type(record) is SnapshotMeta
+            if record.index >= self.last_slot:
+                self.entries = []
+            else:
+                del self.entries[:record.index - self.snap.index]
+            self.snap = record
+            self.commit = max(self.commit, record.index)
+
+
+@dataclass
+class Ready:
+    persist: list = field(default_factory=list)
+    messages: list = field(default_factory=list)
+    committed: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)
+
+
+class _Progress:
+    """The leader's view of one peer."""
+    __slots__ = ("match", "next", "snapshot_at")
+
+    def __init__(self, next_slot: int):
+        self.match = 0  # highest slot known to match the leader's log
+        self.next = next_slot  # next slot to send
+        self.snapshot_at = _NEVER  # when a snapshot was last asked for this peer
+
+
+def _ids(members: Members) -> tuple:
+    return tuple(r for r, _ in members)
+
+
+def _role(replica: int, members: Members) -> int | None:
+    for r, role in members:
+        if r == replica:
+            return role
+    return None
+
+
+def _majority(members: Members, yes) -> bool:
+    ids = _ids(members)
+    return bool(ids) and 2 * sum(1 for r in ids if r in yes) > len(ids)
+
+
+class Paxos:
+    def __init__(self, replica: int, store: Store, *, now: float, rng, timing: Timing = Timing(),
+                 group: int = 0, applied: int | None = None):
+        self.id = replica
+        self.group = group
+        self.timing = timing
+        self.rng = rng
+        self.store = store
+        # Entries handed out for applying. A shell whose state machine is durable on its own
+        # (the engine's tree) passes how far it got; otherwise it re-applies from the snapshot.
+        self.applied = store.snap.index if applied is None else applied
+        assert store.snap.index <= self.applied <= store.commit
+        self.role = FOLLOWER
+        self.leader: int | None = None
+        self.ballot: Ballot | None = None  # ours, while campaigning or leading
+        self.max_round = store.promised.round
+        # Whom we backed before a restart is forgotten: refuse other ballots for a full timeout.
+        self.window_until = now + timing.election_timeout
+        self.election_deadline = now
+        self._reset_election(now)
+        self._configs: list[tuple[int, Members]] = []  # (slot, members) of every membership in the log
+        self._rebuild_configs()
+        # Outputs gathered for the next Ready.
+        self._persist: list = []
+        self._messages: list = []
+        self._snapshots: list = []
+        self._commit_persisted = store.commit
+        # Campaign state.
+        self._votes: set[int] = set()
+        self._prevote_ballot = ZERO_BALLOT
+        self._promises: dict[int, Promise] = {}
+        self._from_slot = 0
+        # Leader state.
+        self._progress: dict[int, _Progress] = {}
+        self._acked: dict[int, float] = {}  # peer -> newest Accept send time it acknowledged
+        self._start_slot = 0  # the no-op that opened our ballot
+        self._change_slot = 0  # an uncommitted membership entry, or 0
+        self._next_heartbeat = _NEVER
+        self._unsent = False  # entries appended since the last broadcast
+
+    # --- what the shell may look at ---------------------------------------------------------
+
+    @property
+    def members(self) -> Members:
+        return self._configs[-1][1]
+
+    @property
+    def commit(self) -> int:
+        return self.store.commit
+
+    def members_at(self, slot: int) -> Members:
+        """The membership in force at slot (at least the snapshot's index)."""
+        return next(m for s, m in reversed(self._configs) if s <= slot)
+
+    def lease_valid(self, now: float) -> bool:
+        return (self.role == LEADER and self.store.commit >= self._start_slot
+                and now < self._quorum_ack(now) + self.timing.lease)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        self._last_now = now
+        if self.role == LEADER:
+            if now - max(self._quorum_ack(now), self._leader_since) > self.timing.election_timeout:
+                # No majority for a whole timeout: the lease is long gone; let others lead.
+                self._become_follower(now)
+            elif now >= self._next_heartbeat:
+                self._heartbeat(now)
+        elif now >= self.election_deadline:
+            if self.role != FOLLOWER:
+                self._become_follower(now)
+            elif self._can_lead() and now >= self.window_until:
+                self._precampaign(now)
+            else:
+                self._reset_election(now)
+
+    def step(self, m, now: float) -> None:
+        assert m.group == self.group and m.dst == self.id, m
+        self._last_now = now
+        self.max_round = max(self.max_round, m.ballot.round)
+        t = type(m)
+        if t is Accept:
+            self._on_accept(m, now)
+        elif t is Accepted:
+            self._on_accepted(m, now)
+        elif t is Prepare:
+            self._on_prepare(m, now)
+        elif t is Promise:
+            self._on_promise(m, now)
+        elif t is PreVote:
+            self._on_prevote(m, now)
+        elif t is PreVoteReply:
+            self._on_prevote_reply(m, now)
+        else:
+            raise TypeError(f"not a message for the core: {t.__name__}")
+
+    def propose(self, data: bytes, now: float) -> int:
+        """Append a command; returns its slot. It is chosen once it comes out in committed,
+        at this slot and with this data (a new leader may fill the slot otherwise)."""
+        self._last_now = now
+        self._check_can_append()
+        return self._append_new(COMMAND, data)
+
+    def propose_members(self, members: Members, now: float) -> int:
+        """Change the membership by one voter (added or removed); one change at a time."""
+        self._last_now = now
+        self._check_can_append()
+        if self._change_slot or self.store.commit < self._start_slot:
+            raise Busy("a membership change is in flight, or this leader has not committed yet")
+        old, new = dict(self.members), dict(members)
+        changed = set(old) ^ set(new)
+        if len(changed) != 1 or any(old[r] != new[r] for r in set(old) & set(new)):
+            raise ValueError(f"a change adds or removes exactly one replica: {self.members} -> {members}")
+        if not any(role == STORAGE for role in new.values()):
+            raise ValueError("a group needs a storage replica to lead it")
+        self._change_slot = self._append_new(MEMBERS, encode_members(tuple(sorted(new.items()))))
+        return self._change_slot
+
+    def read(self, now: float) -> int:
+        """Slot a strongly consistent read must see applied before it is served."""
+        if not self.lease_valid(now):
+            raise NotLeader(self.id, self.leader)
+        return self.store.commit
+
+    def install_snapshot(self, meta: SnapshotMeta, now: float) -> None:
+        """The shell installed a snapshot through meta.index (or already had that much)."""
+        self._last_now = now
+        if meta.index > self.store.commit:
+            self._record(meta)
+            self.applied = meta.index
+        if self.leader is not None and self.leader != self.id:
+            p = self.store.promised
+            self._send(Accepted(self.group, self.id, self.leader, p, p, True, self.store.commit, 0.0))
+
+    def compact(self, index: int) -> None:
+        """The state through index is in a durable snapshot: drop the log up to there."""
+        assert index <= self.applied, (index, self.applied)
+        if index <= self.store.snap.index:
+            return
+        self._record(SnapshotMeta(index, self.store.ballot_at(index), self.members_at(index)))
+
+    def ready(self) -> Ready:
+        if self.role == LEADER and self._unsent:
+            self._unsent = False
+            for peer in self._peers():
+                pr = self._progress_of(peer)
+                if pr.next - pr.match - 1 < INFLIGHT_ENTRIES_MAX and pr.next <= self.store.last_slot:
+                    self._send_append(peer)
+            self._maybe_commit()
+        store = self.store
+        if store.commit != self._commit_persisted:
+            self._commit_persisted = store.commit
+            self._persist.append(HardState(store.promised, store.commit))
+        committed = []
+        if store.commit > self.applied:
+            committed = list(store.slice(self.applied + 1, store.commit))
+            self.applied = store.commit
+        rd = Ready(self._persist, self._messages, committed, self._snapshots)
+        self._persist, self._messages, self._snapshots = [], [], []
+        return rd
+
+    # --- acceptor -------------------------------------------------------------------------
+
+    def _on_prevote(self, m: PreVote, now: float) -> None:
+        # A replica still joining knows no membership yet; it judges by its window alone.
+        member = not self.members or _role(m.src, self.members) == STORAGE
+        granted = (now >= self.window_until and m.ballot > self.store.promised and member
+                   and m.commit >= self.store.snap.index)
+        self._send(PreVoteReply(self.group, self.id, m.src, m.ballot, granted))
+
+    def _on_prepare(self, m: Prepare, now: float) -> None:
+        store = self.store
+        if m.ballot > store.promised and now >= self.window_until:
+            if self.role != FOLLOWER:
+                self._become_follower(now)
+            self.leader = None
+            self._record(HardState(m.ballot, store.commit))
+            self._reset_election(now)
+        if m.ballot == store.promised:  # also answers a duplicate Prepare again
+            entries = store.slice(max(m.from_slot, store.first_slot), store.last_slot)
+            self._send(Promise(self.group, self.id, m.src, m.ballot, m.ballot, store.commit,
+                               store.first_slot, entries))
+        else:
+            self._send(Promise(self.group, self.id, m.src, m.ballot, store.promised, store.commit,
+                               store.first_slot, ()))
+
+    def _on_accept(self, m: Accept, now: float) -> None:
+        store = self.store
+        if m.ballot < store.promised:
+            self._send(Accepted(self.group, self.id, m.src, m.ballot, store.promised, False, 0, m.ts))
+            return
+        if self.role != FOLLOWER:
+            self._become_follower(now)
+        if m.ballot > store.promised:
+            self._record(HardState(m.ballot, store.commit))
+        self.leader = m.src
+        self.window_until = now + self.timing.election_timeout
+        self._reset_election(now)
+        last = store.last_slot
+        if m.prev_slot > last:
+            self._send(Accepted(self.group, self.id, m.src, m.ballot, m.ballot, False, last, m.ts))
+            return
+        if m.prev_slot > store.commit and store.ballot_at(m.prev_slot) != m.prev_ballot:
+            self._send(Accepted(self.group, self.id, m.src, m.ballot, m.ballot, False, store.commit, m.ts))
+            return
+        for i, e in enumerate(m.entries):
+            if e.slot <= store.commit:
+                # Chosen values never differ between replicas.
+                assert e.slot <= store.snap.index or store.entry(e.slot)[2:] == e[2:], (self.id, e)
+                continue
+            if e.slot > last or store.ballot_at(e.slot) != e.ballot:
+                self._append(m.entries[i:])
+                break
+        match = m.prev_slot + len(m.entries)
+        if min(m.commit, match) > store.commit:
+            store.commit = min(m.commit, match)
+        self._send(Accepted(self.group, self.id, m.src, m.ballot, m.ballot, True, match, m.ts))
+
+    # --- campaign ---------------------------------------------------------------------------
+
+    def _precampaign(self, now: float) -> None:
+        self.role = PRECANDIDATE
+        self.leader = None
+        self._prevote_ballot = Ballot(self.max_round + 1, self.id)
+        self._votes = {self.id}
+        self._reset_election(now)
+        for peer in self._peers():
+            self._send(PreVote(self.group, self.id, peer, self._prevote_ballot, self.store.commit))
+        self._on_prevote_reply(None, now)
+
+    def _on_prevote_reply(self, m: PreVoteReply | None, now: float) -> None:
+        if self.role != PRECANDIDATE:
+            return
+        if m is not None:
+            if m.ballot != self._prevote_ballot or not m.granted:
+                return
+            self._votes.add(m.src)
+        if all(_majority(members, self._votes) for members in self._configs_in_play()):
+            self._campaign(now)
+
+    def _campaign(self, now: float) -> None:
+        assert now >= self.window_until
+        store = self.store
+        self.role = CANDIDATE
+        self.ballot = Ballot(self.max_round + 1, self.id)
+        self.max_round = self.ballot.round
+        self._record(HardState(self.ballot, store.commit))
+        self._from_slot = store.commit + 1
+        self._promises = {}
+        self._reset_election(now)
+        for peer in self._peers():
+            self._send(Prepare(self.group, self.id, peer, self.ballot, self._from_slot))
+        own = store.slice(self._from_slot, store.last_slot)
+        self._on_promise(Promise(self.group, self.id, self.id, self.ballot, self.ballot, store.commit,
+                                 store.first_slot, own), now)
+
+    def _on_promise(self, m: Promise, now: float) -> None:
+        if m.promised > self.store.promised:
+            self.max_round = max(self.max_round, m.promised.round)
+            if self.role != FOLLOWER:
+                self._become_follower(now)
+            return
+        if self.role != CANDIDATE or m.ballot != self.ballot or m.promised != m.ballot:
+            return
+        if m.first_slot > self._from_slot:
+            # The peer compacted slots we lack; a replica that has them must lead.
+            self._become_follower(now)
+            return
+        self._promises[m.src] = m
+        merged = self._merge()
+        configs = self._configs_in_play() + [decode_members(e.data) for e in merged if e.kind == MEMBERS]
+        if all(_majority(members, self._promises) for members in configs):
+            self._become_leader(merged, now)
+
+    def _merge(self) -> list[Entry]:
+        """Per slot from the campaign's first on, the value accepted in the highest ballot."""
+        best: dict[int, Entry] = {}
+        for p in self._promises.values():
+            for e in p.entries:
+                if e.slot >= self._from_slot:
+                    cur = best.get(e.slot)
+                    if cur is None or e.ballot > cur.ballot:
+                        best[e.slot] = e
+        end = max(best, default=self._from_slot - 1)
+        return [best.get(s) or Entry(s, ZERO_BALLOT, NOOP, b"") for s in range(self._from_slot, end + 1)]
+
+    # --- leader -----------------------------------------------------------------------------
+
+    def _become_leader(self, merged: list[Entry], now: float) -> None:
+        b = self.ballot
+        self.role = LEADER
+        self.leader = self.id
+        self.window_until = _FOREVER  # a leader promises no one; it steps down first
+        self._promises = {}
+        self._start_slot = self._from_slot + len(merged)
+        entries = tuple(Entry(e.slot, b, e.kind, e.data) for e in merged)
+        self._append(entries + (Entry(self._start_slot, b, NOOP, b""),))
+        self._change_slot = max((e.slot for e in entries if e.kind == MEMBERS), default=0)
+        self._progress = {peer: _Progress(self._from_slot) for peer in self._peers()}
+        self._acked = {}
+        self._leader_since = now
+        self._heartbeat(now)
+
+    def _check_can_append(self) -> None:
+        if self.role != LEADER:
+            raise NotLeader(self.id, self.leader)
+        if self.store.last_slot - self.store.commit >= UNCOMMITTED_ENTRIES_MAX:
+            raise Busy(f"{UNCOMMITTED_ENTRIES_MAX} proposals are waiting to commit")
+
+    def _append_new(self, kind: int, data: bytes) -> int:
+        slot = self.store.last_slot + 1
+        self._append((Entry(slot, self.ballot, kind, data),))
+        self._unsent = True
+        return slot
+
+    def _heartbeat(self, now: float) -> None:
+        self._next_heartbeat = now + self.timing.heartbeat_interval
+        for peer in self._peers():
+            # A peer that lost an Accept refuses the next one (a gap before it), so a beat
+            # also repairs losses: the refusal moves next back to what the peer has.
+            self._progress_of(peer)
+            self._send_append(peer)
+
+    def _send_append(self, peer: int) -> None:
+        store = self.store
+        pr = self._progress[peer]
+        now = self._last_now
+        if pr.next <= store.snap.index:
+            if now - pr.snapshot_at >= self.timing.election_timeout:
+                pr.snapshot_at = now
+                self._snapshots.append((peer, store.snap))
+            return
+        prev = pr.next - 1
+        entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
+        commit = min(store.commit, prev + len(entries))
+        self._send(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
+                          entries))
+        pr.next += len(entries)
+
+    def _on_accepted(self, m: Accepted, now: float) -> None:
+        if m.promised > self.store.promised:
+            self.max_round = max(self.max_round, m.promised.round)
+            if self.role != FOLLOWER:
+                self._become_follower(now)
+            return
+        if self.role != LEADER or m.ballot != self.ballot or m.promised != self.ballot:
+            return
+        if m.ts > self._acked.get(m.src, _NEVER):
+            self._acked[m.src] = m.ts
+        pr = self._progress_of(m.src)
+        if m.ok:
+            if m.slot > pr.match:
+                pr.match = m.slot
+                pr.snapshot_at = _NEVER
+                self._maybe_commit()
+            pr.next = max(pr.next, m.slot + 1)
+        elif m.slot + 1 < pr.next:
+            pr.next = max(pr.match + 1, m.slot + 1)
+        else:
+            return
+        if self.role == LEADER and pr.next <= self.store.last_slot and pr.next - pr.match - 1 < INFLIGHT_ENTRIES_MAX:
+            self._send_append(m.src)
+
+    def _maybe_commit(self) -> None:
+        store = self.store
+        last = store.last_slot
+        n = last
+        for members in self._configs_in_play():
+            matches = sorted((last if r == self.id else self._progress_of(r).match for r in _ids(members)),
+                             reverse=True)
+            n = min(n, matches[len(matches) // 2])
+        # Only an entry of our own ballot is known chosen by counting; earlier ones follow it.
+        if n <= store.commit or store.ballot_at(n) != self.ballot:
+            return
+        store.commit = n
+        if self._change_slot and n >= self._change_slot:
+            self._change_slot = 0
+        if _role(self.id, self._configs_in_play()[0]) != STORAGE:
+            self._become_follower(self._last_now)  # removed, or demoted: hand over
+
+    def _quorum_ack(self, now: float) -> float:
+        """Send time of the newest Accept that a majority (of every membership in force) holds."""
+        acked = dict(self._acked)
+        acked[self.id] = now
+        t = _FOREVER
+        for members in self._configs_in_play():
+            times = sorted((acked.get(r, _NEVER) for r in _ids(members)), reverse=True)
+            t = min(t, times[len(times) // 2])
+        return t
+
+    # --- shared -----------------------------------------------------------------------------
+
+    _last_now = _NEVER  # the clock at the latest input: the send time of what it causes
+    _leader_since = _NEVER  # when we became leader: a new leader has a timeout to gather acks
+
+    def _become_follower(self, now: float) -> None:
+        if self.role == LEADER:
+            self.window_until = now  # the lease is no longer claimed
+            self.leader = None
+        self.role = FOLLOWER
+        self.ballot = None
+        self._progress = {}
+        self._acked = {}
+        self._promises = {}
+        self._votes = set()
+        self._change_slot = 0
+        self._reset_election(now)
+
+    def _reset_election(self, now: float) -> None:
+        t = self.timing.election_timeout
+        self.election_deadline = now + t + self.rng.random() * t
+
+    def _can_lead(self) -> bool:
+        return _role(self.id, self.members) == STORAGE
+
+    def _configs_in_play(self) -> list[Members]:
+        """The membership at the commit index and every later one in the log."""
+        commit = self.store.commit
+        i = len(self._configs) - 1
+        while self._configs[i][0] > commit:
+            i -= 1
+        return [m for _, m in self._configs[i:]]
+
+    def _peers(self) -> list[int]:
+        peers = set()
+        for members in self._configs_in_play():
+            peers.update(_ids(members))
+        peers.discard(self.id)
+        return sorted(peers)
+
+    def _progress_of(self, peer: int) -> _Progress:
+        pr = self._progress.get(peer)
+        if pr is None:
+            pr = self._progress[peer] = _Progress(self.store.last_slot + 1)
+        return pr
+
+    def _send(self, m) -> None:
+        self._messages.append(m)
+
+    def _record(self, record) -> None:
+        self.store.apply(record)
+        self._persist.append(record)
+        if type(record) is HardState:
+            self._commit_persisted = record.commit
+        else:
+            self._rebuild_configs()
+
+    def _append(self, entries: tuple) -> None:
+        """Entries replacing the log from entries[0].slot on; merged with a directly preceding append."""
+        if self._persist and type(self._persist[-1]) is Entries:
+            prev = self._persist[-1].entries
+            if prev[0].slot <= entries[0].slot <= prev[-1].slot + 1:
+                self.store.apply(Entries(entries))
+                self._persist[-1] = Entries(prev[:entries[0].slot - prev[0].slot] + entries)
+                self._update_configs(entries)
+                return
+        self.store.apply(Entries(entries))
+        self._persist.append(Entries(entries))
+        self._update_configs(entries)
+
+    def _update_configs(self, entries: tuple) -> None:
+        first = entries[0].slot
+        while self._configs[-1][0] >= first:
+            self._configs.pop()
+        self._configs.extend((e.slot, decode_members(e.data)) for e in entries if e.kind == MEMBERS)
+        if self.role == LEADER:
+            for peer in self._peers():
+                self._progress_of(peer)
+
+    def _rebuild_configs(self) -> None:
+        store = self.store
+        self._configs = [(store.snap.index, store.snap.members)]
+        self._configs.extend((e.slot, decode_members(e.data)) for e in store.entries if e.kind == MEMBERS)

@@ -1,0 +1,212 @@
+"""PutItem, GetItem, UpdateItem, DeleteItem: results, errors, capacity, limits, atomicity."""
+import asyncio
+import base64
+import os
+
+import pytest
+
+from dynstore.api.errors import ConditionalCheckFailedException, ValidationException
+from dynstore.api.operations import OPERATIONS
+from operations_harness import Node
+
+KB = 1024
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(str(tmp_path / "data"))
+    n.create("t", range_type="N")
+    yield n
+    n.close()
+
+
+def key(p="a", s="1"):
+    return {"p": {"S": p}, "s": {"N": s}}
+
+
+def test_put_get_and_return_values(node):
+    assert node("PutItem", TableName="t", Item={**key(), "v": {"S": "one"}}) == {}
+    out = node("PutItem", TableName="t", Item={**key(), "v": {"S": "two"}}, ReturnValues="ALL_OLD")
+    assert out == {"Attributes": {**key(), "v": {"S": "one"}}}
+    assert node("GetItem", TableName="t", Key=key())["Item"] == {**key(), "v": {"S": "two"}}
+    assert node("GetItem", TableName="t", Key=key("b")) == {}
+    got = node("GetItem", TableName="t", Key=key(), ProjectionExpression="v")
+    assert got == {"Item": {"v": {"S": "two"}}}
+    for op, extra in (("PutItem", {"Item": key()}), ("DeleteItem", {"Key": key()})):
+        for mode in ("UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"):
+            with pytest.raises(ValidationException, match="^ReturnValues can only be ALL_OLD or NONE$"):
+                node(op, TableName="t", ReturnValues=mode, **extra)
+    out = node("DeleteItem", TableName="t", Key=key(), ReturnValues="ALL_OLD")
+    assert out["Attributes"]["v"] == {"S": "two"}
+    assert node("DeleteItem", TableName="t", Key=key(), ReturnValues="ALL_OLD") == {}
+
+
+def test_update_return_values(node):
+    node("PutItem", TableName="t", Item={**key(), "a": {"N": "1"}, "b": {"S": "x"}})
+    update = dict(TableName="t", Key=key(), UpdateExpression="SET a = a + :one REMOVE b",
+                  ExpressionAttributeValues={":one": {"N": "1"}})
+    assert node("UpdateItem", **update, ReturnValues="UPDATED_OLD")["Attributes"] == {"a": {"N": "1"},
+                                                                                        "b": {"S": "x"}}
+    assert node("UpdateItem", **update, ReturnValues="UPDATED_NEW")["Attributes"] == {"a": {"N": "3"}}
+    assert node("UpdateItem", **update, ReturnValues="ALL_NEW")["Attributes"] == {**key(), "a": {"N": "4"}}
+    assert node("UpdateItem", **update, ReturnValues="ALL_OLD")["Attributes"] == {**key(), "a": {"N": "4"}}
+    assert node("UpdateItem", **update) == {}
+    # An update of a missing item creates it from its key.
+    out = node("UpdateItem", TableName="t", Key=key("new"), UpdateExpression="SET c = :c",
+               ExpressionAttributeValues={":c": {"BOOL": True}}, ReturnValues="ALL_NEW")
+    assert out["Attributes"] == {**key("new"), "c": {"BOOL": True}}
+    with pytest.raises(ValidationException, match="Cannot update attribute s. This attribute is part of the key"):
+        node("UpdateItem", TableName="t", Key=key(), UpdateExpression="SET s = :c",
+             ExpressionAttributeValues={":c": {"N": "2"}})
+    legacy = node("UpdateItem", TableName="t", Key=key(), ReturnValues="UPDATED_NEW",
+                  AttributeUpdates={"a": {"Action": "ADD", "Value": {"N": "10"}}})
+    assert legacy["Attributes"] == {"a": {"N": "16"}}
+
+
+def test_conditions_and_old_item_on_failure(node):
+    node("PutItem", TableName="t", Item={**key(), "v": {"N": "5"}})
+    with pytest.raises(ConditionalCheckFailedException) as caught:
+        node("PutItem", TableName="t", Item=key(), ConditionExpression="attribute_not_exists(p)")
+    assert caught.value.body() == {"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+                                   "message": "The conditional request failed"}
+    with pytest.raises(ConditionalCheckFailedException) as caught:
+        node("UpdateItem", TableName="t", Key=key(), UpdateExpression="SET v = :n", ConditionExpression="v > :n",
+             ExpressionAttributeValues={":n": {"N": "9"}}, ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert caught.value.body()["Item"] == {**key(), "v": {"N": "5"}}
+    with pytest.raises(ConditionalCheckFailedException) as caught:
+        node("DeleteItem", TableName="t", Key=key("zz"), ConditionExpression="attribute_exists(p)",
+             ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert "Item" not in caught.value.body()
+    with pytest.raises(ConditionalCheckFailedException):
+        node("DeleteItem", TableName="t", Key=key(), Expected={"v": {"Value": {"N": "6"}}})
+    node("DeleteItem", TableName="t", Key=key(), Expected={"v": {"Value": {"N": "5"}}})
+    assert node("GetItem", TableName="t", Key=key()) == {}
+    with pytest.raises(ValidationException, match="unused in expressions"):
+        node("PutItem", TableName="t", Item=key(), ConditionExpression="attribute_exists(p)",
+             ExpressionAttributeValues={":x": {"S": "y"}})
+
+
+def test_concurrent_updates_are_atomic(node):
+    async def many():
+        update = dict(TableName="t", Key=key(), UpdateExpression="ADD n :one",
+                      ExpressionAttributeValues={":one": {"N": "1"}})
+        await asyncio.gather(*(OPERATIONS["UpdateItem"](node.state, update) for _ in range(200)))
+        # Conditional creates of one key: exactly one wins.
+        put = dict(TableName="t", Item=key("once"), ConditionExpression="attribute_not_exists(p)")
+        results = await asyncio.gather(*(OPERATIONS["PutItem"](node.state, put) for _ in range(20)),
+                                       return_exceptions=True)
+        return results
+    results = node.run(many())
+    assert node("GetItem", TableName="t", Key=key(), ConsistentRead=True)["Item"]["n"] == {"N": "200"}
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, ConditionalCheckFailedException) for r in results if isinstance(r, Exception))
+
+
+def _filler(name_bytes: int, target: int) -> dict:
+    """An item with key a/1 whose DynamoDB size is exactly ``target`` bytes."""
+    base = 1 + 1 + 1 + 2  # p:"a" and s:1
+    return {**key(), "x" * name_bytes: {"S": "v" * (target - base - name_bytes)}}
+
+
+def test_item_size_limit_exactly(node):
+    node("PutItem", TableName="t", Item=_filler(1, 400 * KB))
+    assert node("GetItem", TableName="t", Key=key())["Item"] == _filler(1, 400 * KB)
+    with pytest.raises(ValidationException, match="^Item size has exceeded the maximum allowed size$"):
+        node("PutItem", TableName="t", Item=_filler(1, 400 * KB + 1))
+    with pytest.raises(ValidationException, match="Item size to update has exceeded the maximum allowed size"):
+        node("UpdateItem", TableName="t", Key=key(), UpdateExpression="SET y = :y",
+             ExpressionAttributeValues={":y": {"S": "z"}})
+
+
+def test_largest_binary_item_is_stored(node):
+    blob = os.urandom(400 * KB - 5 - 1)
+    item = {**key(), "b": {"B": base64.b64encode(blob).decode()}}
+    node("PutItem", TableName="t", Item=item)
+    node.restart()
+    assert node("GetItem", TableName="t", Key=key())["Item"] == item
+
+
+def test_key_size_limits(node):
+    node.create("h", hash_type="S", range_type="S")
+    node("PutItem", TableName="h", Item={"p": {"S": "p" * 2048}, "s": {"S": "s" * 1024}})
+    with pytest.raises(ValidationException, match="Size of hashkey has exceeded the maximum size limit"):
+        node("PutItem", TableName="h", Item={"p": {"S": "p" * 2049}, "s": {"S": "s"}})
+    with pytest.raises(ValidationException, match="Aggregated size of all range keys has exceeded"):
+        node("PutItem", TableName="h", Item={"p": {"S": "p"}, "s": {"S": "s" * 1025}})
+    with pytest.raises(ValidationException, match="Size of hashkey"):
+        node("GetItem", TableName="h", Key={"p": {"S": "p" * 2049}, "s": {"S": "s"}})
+    got = node("GetItem", TableName="h", Key={"p": {"S": "p" * 2048}, "s": {"S": "s" * 1024}})
+    assert got["Item"]["s"]["S"] == "s" * 1024
+
+
+def test_key_schema_errors(node):
+    with pytest.raises(ValidationException, match="Missing the key s in the item"):
+        node("PutItem", TableName="t", Item={"p": {"S": "a"}})
+    with pytest.raises(ValidationException, match="^The provided key element does not match the schema$"):
+        node("GetItem", TableName="t", Key={"p": {"S": "a"}})
+    with pytest.raises(ValidationException, match="^The provided key element does not match the schema$"):
+        node("GetItem", TableName="t", Key={"p": {"S": "a"}, "s": {"S": "1"}})
+
+
+def test_nesting_limit(node):
+    def nested(levels):
+        value = {"S": "leaf"}
+        for _ in range(levels):
+            value = {"M": {"m": value}}
+        return value
+    node("PutItem", TableName="t", Item={**key(), "m": nested(31)})
+    with pytest.raises(ValidationException, match="Nesting Levels have exceeded supported limits"):
+        node("PutItem", TableName="t", Item={**key(), "m": nested(32)})
+
+
+def test_expression_length_limit(node):
+    node("PutItem", TableName="t", Item={**key(), "v": {"N": "1"}})
+    def condition(length):
+        text = "attribute_exists(v)"
+        return text + " AND attribute_exists(v)" * ((length - len(text)) // 24) + " " * ((length - len(text)) % 24)
+    assert len(condition(4096)) == 4096
+    node("PutItem", TableName="t", Item=key(), ConditionExpression=condition(4096))
+    with pytest.raises(ValidationException, match="Expression size has exceeded the maximum allowed size"):
+        node("PutItem", TableName="t", Item=key(), ConditionExpression=condition(4097))
+
+
+def test_consumed_capacity(node):
+    base = 1 + 1 + 1 + 2
+    def put(size, **extra):
+        return node("PutItem", TableName="t", Item={**key(), "v": {"S": "x" * (size - base - 1)}},
+                    ReturnConsumedCapacity="TOTAL", **extra)["ConsumedCapacity"]
+    assert put(KB) == {"TableName": "t", "CapacityUnits": 1.0}
+    assert put(KB + 1)["CapacityUnits"] == 2.0
+    assert put(3 * KB)["CapacityUnits"] == 3.0
+    assert put(10)["CapacityUnits"] == 3.0  # replacing a larger item costs the larger size
+    get = dict(TableName="t", Key=key(), ReturnConsumedCapacity="TOTAL")
+    assert node("GetItem", **get)["ConsumedCapacity"]["CapacityUnits"] == 0.5
+    assert node("GetItem", **get, ConsistentRead=True)["ConsumedCapacity"]["CapacityUnits"] == 1.0
+    put(4 * KB + 1)
+    assert node("GetItem", **get, ConsistentRead=True)["ConsumedCapacity"]["CapacityUnits"] == 2.0
+    assert node("GetItem", **get, ProjectionExpression="p")["ConsumedCapacity"]["CapacityUnits"] == 1.0
+    assert node("GetItem", TableName="t", Key=key("none"), ReturnConsumedCapacity="TOTAL",
+                ConsistentRead=True)["ConsumedCapacity"]["CapacityUnits"] == 1.0
+    out = node("DeleteItem", TableName="t", Key=key(), ReturnConsumedCapacity="INDEXES")["ConsumedCapacity"]
+    assert out == {"TableName": "t", "CapacityUnits": 5.0, "Table": {"CapacityUnits": 5.0}}
+    assert "ConsumedCapacity" not in node("GetItem", TableName="t", Key=key(), ReturnConsumedCapacity="NONE")
+
+
+def test_global_index_maintenance_and_type_checks(node):
+    node.create("g", extra_attributes=[{"AttributeName": "gk", "AttributeType": "S"}],
+                GlobalSecondaryIndexes=[{"IndexName": "by_gk", "Projection": {"ProjectionType": "KEYS_ONLY"},
+                                         "KeySchema": [{"AttributeName": "gk", "KeyType": "HASH"}]}])
+    def by_gk(value):
+        return node("Query", TableName="g", IndexName="by_gk", KeyConditionExpression="gk = :v",
+                    ExpressionAttributeValues={":v": {"S": value}})["Items"]
+    node("PutItem", TableName="g", Item={"p": {"S": "1"}, "gk": {"S": "x"}, "other": {"N": "1"}})
+    assert by_gk("x") == [{"p": {"S": "1"}, "gk": {"S": "x"}}]
+    out = node("UpdateItem", TableName="g", Key={"p": {"S": "1"}}, UpdateExpression="SET gk = :y",
+               ExpressionAttributeValues={":y": {"S": "y"}}, ReturnConsumedCapacity="INDEXES")
+    assert out["ConsumedCapacity"]["GlobalSecondaryIndexes"] == {"by_gk": {"CapacityUnits": 2.0}}
+    assert by_gk("x") == [] and by_gk("y") == [{"p": {"S": "1"}, "gk": {"S": "y"}}]
+    with pytest.raises(ValidationException, match="Type mismatch for Index Key gk Expected: S Actual: N"):
+        node("PutItem", TableName="g", Item={"p": {"S": "2"}, "gk": {"N": "1"}})
+    node("DeleteItem", TableName="g", Key={"p": {"S": "1"}})
+    assert by_gk("y") == []
+    assert node("DescribeTable", TableName="g")["Table"]["GlobalSecondaryIndexes"][0]["ItemCount"] == 0
