@@ -165,7 +165,8 @@ def test_get_latency_data_four_times_pool(benchmark, stores, data, engine):
     store = stores[engine]
     get = store.get if engine.startswith("btree") else store.begin().get
     rng = random.Random(2)
-    keys = [rng.choice(list(values)) for _ in range(50_000)]
+    universe = list(values)
+    keys = [rng.choice(universe) for _ in range(50_000)]
     clock = time.perf_counter_ns
 
     def run():

@@ -22,6 +22,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 import array
 import os
 
+from dynstore import limits
 from dynstore.storage.btree_ref import range_cursor, snapshot_cursor
 from dynstore.storage.errors import ClosedError, CorruptionError, DiskFullError, StorageError
 
@@ -39,6 +40,9 @@ def format_constants():
         "format_version": FORMAT_VERSION,
         "key_bytes_max": KEY_BYTES_MAX,
         "value_bytes_max": VALUE_BYTES_MAX,
+        "height_max": HEIGHT_MAX,
+        "chain_pages_max": CHAIN_PAGES_MAX,
+        "cells_max": CELLS_MAX,
     }
 
 
@@ -323,9 +327,7 @@ cdef class NativeBTree:
     def __cinit__(self):
         self.fd = -1
 
-    def __init__(self, path, *, cache_bytes=64 * 1024 * 1024):
-        from dynstore import limits
-
+    def __init__(self, path, *, cache_bytes=limits.BTREE_CACHE_BYTES_DEFAULT):
         if cache_bytes < limits.BTREE_CACHE_BYTES_MIN:
             raise ValueError(f"cache_bytes must be at least {limits.BTREE_CACHE_BYTES_MIN}")
         self.path = os.fspath(path)
@@ -1305,7 +1307,8 @@ cdef class NativeBTree:
                     self.free_page(fl.items[j])
                 raise
             self.gen, self.ckpt_lsn, self.durable_root = gen, lsn, self.root
-            memset(self.fresh, 0, self.fresh_bytes)
+            if self.fresh_bytes:
+                memset(self.fresh, 0, self.fresh_bytes)
             vec_free(&self.freelist_pages)
             self.freelist_pages = fl
             fl.items, fl.len, fl.cap = NULL, 0, 0

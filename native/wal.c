@@ -71,6 +71,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -394,11 +395,13 @@ static int write_durable(ds_wal *w, seg *s, const uint8_t *data, size_t len, uin
     if (w->io_path == IO_URING) {
         uring *r = &w->ring;
         unsigned tail = *r->sq_tail;
+        /* WRITEV rather than WRITE: it exists on every kernel with io_uring (5.1+). */
+        struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
         struct io_uring_sqe *wr = uring_sqe(r, &tail);
-        wr->opcode = IORING_OP_WRITE;
+        wr->opcode = IORING_OP_WRITEV;
         wr->fd = s->fd;
-        wr->addr = (uint64_t)(uintptr_t)data;
-        wr->len = (uint32_t)len;
+        wr->addr = (uint64_t)(uintptr_t)&iov;
+        wr->len = 1;
         wr->off = off;
         wr->flags = IOSQE_IO_LINK; /* the fsync runs only after the write completed in full */
         wr->user_data = 0;
@@ -608,7 +611,8 @@ static int segment_load(ds_wal *w, const char *name, seg *s, ds_wal_error *err) 
     struct stat st;
     if (fstat(s->fd, &st)) return fail_os(err, errno, "stat WAL segment", s->path);
     s->size = (uint64_t)st.st_size;
-    if (s->size < SEG_HDR_BYTES) return fail(err, DS_WAL_ECORRUPT, 0, s->path, 0, "WAL segment shorter than its header");
+    if (s->size < SEG_HDR_BYTES)
+        return fail(err, DS_WAL_ECORRUPT, 0, s->path, 0, "WAL segment shorter than its header");
     int rc = seg_map(s, err);
     if (rc) return rc;
     const uint8_t *h = s->map;
@@ -717,8 +721,8 @@ static int recover(ds_wal *w, ds_wal_error *err) {
     uint64_t end = last_nonzero(s->map, s->end, s->size);
     if (end > s->end) {
         if (later_valid_record(w, s->map, s->end, end, lsn))
-            return fail(err, DS_WAL_ECORRUPT, 0, s->path, s->end, "WAL record %llu is damaged and valid records follow it",
-                        (unsigned long long)lsn);
+            return fail(err, DS_WAL_ECORRUPT, 0, s->path, s->end,
+                        "WAL record %llu is damaged and valid records follow it", (unsigned long long)lsn);
         if (!is_torn(w, s->map, s->end, s->size))
             return fail(err, DS_WAL_ECORRUPT, 0, s->path, s->end,
                         "WAL record %llu fails its checksum although completely written", (unsigned long long)lsn);
@@ -767,7 +771,8 @@ static void signal_event(ds_wal *w) {
 
 /* Wake the waiters of LSNs from..to (all of them when the range covers every slot). */
 static void wake_durable(ds_wal *w, uint64_t from, uint64_t to) {
-    for (uint64_t l = from; l <= to && l - from < DURABLE_CVS; l++) pthread_cond_broadcast(&w->durable_cv[l % DURABLE_CVS]);
+    for (uint64_t l = from; l <= to && l - from < DURABLE_CVS; l++)
+        pthread_cond_broadcast(&w->durable_cv[l % DURABLE_CVS]);
 }
 
 static void *flusher_main(void *arg) {
@@ -829,7 +834,6 @@ int ds_wal_open(const char *dir, const ds_wal_config *cfg, ds_wal **out, ds_wal_
     pthread_rwlock_init(&w->segs_lock, NULL);
     int rc = 0;
     if (!(w->dir = strdup(dir))) rc = fail(err, DS_WAL_EIO, ENOMEM, dir, 0, "out of memory");
-    if (!rc && mkdir(dir, 0755) && errno != EEXIST) rc = fail_os(err, errno, "create directory", dir);
     if (!rc) rc = recover(w, err);
     if (!rc && cfg->sync_mode != DS_WAL_SYNC_FDATASYNC) {
         int e = uring_init(&w->ring);

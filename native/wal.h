@@ -25,9 +25,9 @@ enum {
 };
 
 enum {
-    DS_WAL_SYNC_AUTO = 0,     /* io_uring when the kernel allows it, else pwritev + fdatasync */
+    DS_WAL_SYNC_AUTO = 0,     /* io_uring when the kernel allows it, else pwrite + fdatasync */
     DS_WAL_SYNC_URING = 1,    /* io_uring or fail to open */
-    DS_WAL_SYNC_FDATASYNC = 2 /* pwritev + fdatasync only */
+    DS_WAL_SYNC_FDATASYNC = 2 /* pwrite + fdatasync only */
 };
 
 typedef struct ds_wal_error {

@@ -115,7 +115,7 @@ def test_btree_matches_a_dict(storage_backend):
     run_state_machine_as_test(
         BTreeMachine,
         settings=settings(
-            max_examples=400 if long_mode() else 30,
+            max_examples=400 if long_mode() else 40,
             stateful_step_count=60 if long_mode() else 30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

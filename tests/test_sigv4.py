@@ -245,7 +245,10 @@ def test_signing_key_cache_is_bounded():
     for i in range(limits.SIGV4_SIGNING_KEYS_CACHED_MAX + 10):
         headers = headers_signed_at(NOW, region=f"region-{i}")
         assert verifier.verify("POST", "/", "", headers, BODY, peer_is_loopback=False, now=NOW) == KEY_ID
-        assert len(verifier._keys) <= limits.SIGV4_SIGNING_KEYS_CACHED_MAX
+        assert sigv4.signing_key.cache_info().currsize <= limits.SIGV4_SIGNING_KEYS_CACHED_MAX
+    # The first region's key was evicted, and is derived again correctly when it returns.
+    headers = headers_signed_at(NOW, region="region-0")
+    assert verifier.verify("POST", "/", "", headers, BODY, peer_is_loopback=False, now=NOW) == KEY_ID
 
 
 # --- credentials -----------------------------------------------------------------------------

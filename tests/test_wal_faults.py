@@ -1,4 +1,5 @@
 """Faults the write-ahead log must survive: torn tails, bit rot, a full disk."""
+import asyncio
 import os
 import subprocess
 
@@ -148,6 +149,8 @@ def test_disk_full_fails_cleanly_and_recovers(storage_backend, small_fs):
             acked = lsn
     assert "free space" in str(info.value)
     assert acked > 200 and wal.durable_lsn == acked
+    with pytest.raises(DiskFullError):
+        asyncio.run(wal.durable(lsn))  # the failed record is never reported durable
     with pytest.raises(DiskFullError):
         wal.append(1, 0, b"refused while failed")
     assert [r.lsn for r in wal.read(1)] == list(range(1, acked + 1))

@@ -26,6 +26,7 @@ error messages quote only what the client sent.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import re
@@ -58,7 +59,12 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.digest(key, text.encode("utf-8"), "sha256")
 
 
+@functools.lru_cache(maxsize=limits.SIGV4_SIGNING_KEYS_CACHED_MAX)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The day's signing key; cached, because it costs four HMACs and changes once a day.
+
+    Signers (the client, the load generator) and the verifier share the cache.
+    """
     key = _hmac(("AWS4" + secret).encode("utf-8"), date)
     return _hmac(_hmac(_hmac(key, region), service), TERMINATOR)
 
@@ -197,9 +203,6 @@ class Verifier:
         self.credentials = credentials
         self.service = service
         self.skew_s = skew_s
-        # (key id, yyyymmdd, region) -> signing key: four HMACs saved on every request but
-        # the first of a day. Bounded: cleared whole when full (a new day refills it).
-        self._keys: dict[tuple[str, str, str], bytes] = {}
         self._date_text = ""
         self._date_epoch = 0
 
@@ -326,12 +329,7 @@ class Verifier:
         secret = self.credentials.secret(key_id, peer_is_loopback)
         if secret is None:
             raise UnrecognizedClientException()
-        cache_key = (key_id, scope_date, region)
-        key = self._keys.get(cache_key)
-        if key is None:
-            if len(self._keys) >= limits.SIGV4_SIGNING_KEYS_CACHED_MAX:
-                self._keys.clear()
-            key = self._keys[cache_key] = signing_key(secret, scope_date, region, service)
+        key = signing_key(secret, scope_date, region, service)
         request = canonical_request(method, raw_path, query, headers, signed_headers, payload_hash)
         expected = _signature(key, date, f"{scope_date}/{region}/{service}/{TERMINATOR}", request)
         if not hmac.compare_digest(expected, signature):

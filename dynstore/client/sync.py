@@ -4,15 +4,14 @@ Connections are pooled per client: a request takes an idle one (or opens one), s
 the whole response, and gives it back unless the server asked to close it. One connection
 carries one request at a time, so threads sharing a client each get their own connection.
 
-Faults handled: a pooled connection the server closed while it sat idle (noticed when the
-resent request reads end-of-stream before any byte, then sent once more on a new connection
-without counting as an attempt), connection failures and timeouts (retried like server
-errors), and everything core.py handles.
+Faults handled: a pooled connection the server closed while it sat idle (the request on it
+fails before any byte of a response arrives, so the server never read it: it goes out again
+on a new connection without counting as an attempt), connection failures and timeouts
+(retried like server errors), and everything core.py handles.
 """
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 
 import orjson
@@ -24,11 +23,7 @@ from dynstore.client import core, errors
 class _Connection:
     __slots__ = ("sock", "reader")
 
-    def __init__(self, endpoint: core.Endpoint, timeout_s: float, ssl_context: ssl.SSLContext | None):
-        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ssl_context is not None:
-            sock = ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+    def __init__(self, sock: socket.socket):
         self.sock = sock
         self.reader = core.ResponseReader()
 
@@ -55,11 +50,39 @@ class Client(core.ClientCalls):
     any operation in DynamoDB JSON. Safe to share between threads. Options: core.ClientCalls.
     """
 
+    _address: tuple | None = None  # (family, sockaddr) of the server's address that answered last
+
     def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _connect(self) -> _Connection:
+        # The first connection resolves the name and tries each address; later ones go straight
+        # to the address that answered (a server that closes every connection would otherwise
+        # cost a name lookup per request) until connecting there fails.
+        address = self._address
+        if address is None:
+            sock = socket.create_connection((self.endpoint.host, self.endpoint.port), timeout=self.timeout_s)
+            self._address = (sock.family, sock.getpeername())
+        else:
+            sock = socket.socket(address[0], socket.SOCK_STREAM)
+            sock.settimeout(self.timeout_s)
+            try:
+                sock.connect(address[1])
+            except BaseException:
+                sock.close()
+                self._address = None
+                raise
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self.endpoint.host)
+        except BaseException:
+            sock.close()
+            raise
+        return _Connection(sock)
 
     def close(self) -> None:
         """Close the pooled connections; the client opens new ones if used again."""
@@ -85,7 +108,7 @@ class Client(core.ClientCalls):
             try:
                 conn, pooled = self._idle.pop(), True
             except IndexError:
-                conn, pooled = _Connection(self.endpoint, self.timeout_s, self._ssl), False
+                conn, pooled = self._connect(), False
             try:
                 response = conn.exchange(request)
             except BaseException as error:

@@ -23,17 +23,17 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   gather the votes, so it never bumps its ballot and disturbs a healthy group.
 - Phase 1: the candidate promises itself and sends Prepare(ballot, commit + 1). An
   acceptor promises a higher ballot (persisting it first) and returns every entry it
-  accepted from that slot on. With promises from a majority of every membership that
-  may be in force (the one at the candidate's commit index and every one in the
-  entries learned), the candidate takes, per slot, the value of the highest ballot,
+  accepted from that slot on. With promises from a majority of the membership in
+  force (the latest in its log once merged with what it learned, asking any member
+  that membership adds), the candidate takes, per slot, the value of the highest ballot,
   fills gaps with no-ops, re-proposes all of it under its own ballot and adds one
   no-op that opens its reign.
 - Phase 2: the leader streams Accepts (pipelined, batched, at most INFLIGHT_ENTRIES_MAX
   unacknowledged per peer). An acceptor takes an Accept whose ballot is at least its
   promise when its log matches the leader's at prev_slot (same ballot there, or slot
   already committed); it overwrites entries of other ballots and never touches a
-  committed slot. A slot commits once a majority of every membership in force holds
-  it in the leader's ballot; the commit index rides on later Accepts and heartbeats.
+  committed slot. A slot commits once a majority of the membership in force holds it
+  in the leader's ballot; the commit index rides on later Accepts and heartbeats.
 - Lease: an acceptor that hears from the leader at local time t refuses every other
   ballot (promise and pre-vote) until t + election_timeout; after a restart it refuses
   for election_timeout, having forgotten whom it backed. The leader holds a lease
@@ -44,8 +44,12 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   election timeout passes without a majority. Strongly consistent reads need a valid
   lease and a committed entry of the leader's own ballot (``read``).
 - Membership: one change at a time (one voter added or removed) through a MEMBERS
-  entry, in force once in the log, proposed only after the leader committed in its own
-  ballot. Log replicas vote and count in quorums but never campaign.
+  entry, in force as soon as it is in the log (every quorum is a majority of the
+  latest membership a replica holds), proposed only after the leader committed in its
+  own ballot. Majorities of two memberships one change apart always intersect, so a
+  candidate with an older membership still meets a replica that holds the newer one
+  and learns it in phase 1. A leader that removed itself steps down once the change
+  commits. Log replicas vote and count in quorums but never campaign.
 - Catch-up: a lagging peer is resent entries from its match index on every heartbeat;
   if they are compacted away, the leader asks the shell to ship its snapshot, and the
   peer's shell calls ``install_snapshot`` once the state is in place.
@@ -63,7 +67,7 @@ from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, ELECTION_TIMEO
 from dynstore.replication.errors import Busy, NotLeader
 from dynstore.replication.messages import (COMMAND, LOG, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
                                            Accepted, Ballot, Entries, Entry, HardState, Members,
-                                           PreVote, PreVoteReply, Prepare, Promise, SnapshotMeta,
+                                           PreVote, PreVoteReply, Prepare, Promise, SnapshotChunk, SnapshotMeta,
                                            decode_members, encode_members)
 
 FOLLOWER = "follower"
@@ -208,6 +212,7 @@ class Paxos:
         self._prevote_ballot = ZERO_BALLOT
         self._promises: dict[int, Promise] = {}
         self._from_slot = 0
+        self._asked: set[int] = set()  # peers sent our Prepare
         # Leader state.
         self._progress: dict[int, _Progress] = {}
         self._acked: dict[int, float] = {}  # peer -> newest Accept send time it acknowledged
@@ -300,15 +305,17 @@ class Paxos:
             raise NotLeader(self.id, self.leader)
         return self.store.commit
 
-    def install_snapshot(self, meta: SnapshotMeta, now: float) -> None:
-        """The shell installed a snapshot through meta.index (or already had that much)."""
+    def install_snapshot(self, m: SnapshotChunk, now: float) -> None:
+        """The shell installed the snapshot that m (its last chunk) ends, or already had that much."""
         self._last_now = now
-        if meta.index > self.store.commit:
-            self._record(meta)
-            self.applied = meta.index
-        if self.leader is not None and self.leader != self.id:
-            p = self.store.promised
-            self._send(Accepted(self.group, self.id, self.leader, p, p, True, self.store.commit, 0.0))
+        store = self.store
+        if m.ballot < store.promised:
+            return  # from a deposed leader; the state is still committed, but nothing to answer
+        if m.meta.index > store.commit:
+            self._record(m.meta)
+            self.applied = m.meta.index
+        self._on_accept(Accept(self.group, m.src, self.id, m.ballot, m.meta.index, m.meta.ballot, m.meta.index,
+                               _NEVER, ()), now)
 
     def compact(self, index: int) -> None:
         """The state through index is in a durable snapshot: drop the log up to there."""
@@ -413,7 +420,7 @@ class Paxos:
             if m.ballot != self._prevote_ballot or not m.granted:
                 return
             self._votes.add(m.src)
-        if all(_majority(members, self._votes) for members in self._configs_in_play()):
+        if _majority(self.members, self._votes):
             self._campaign(now)
 
     def _campaign(self, now: float) -> None:
@@ -425,8 +432,9 @@ class Paxos:
         self._record(HardState(self.ballot, store.commit))
         self._from_slot = store.commit + 1
         self._promises = {}
+        self._asked = set(self._peers())
         self._reset_election(now)
-        for peer in self._peers():
+        for peer in self._asked:
             self._send(Prepare(self.group, self.id, peer, self.ballot, self._from_slot))
         own = store.slice(self._from_slot, store.last_slot)
         self._on_promise(Promise(self.group, self.id, self.id, self.ballot, self.ballot, store.commit,
@@ -446,8 +454,12 @@ class Paxos:
             return
         self._promises[m.src] = m
         merged = self._merge()
-        configs = self._configs_in_play() + [decode_members(e.data) for e in merged if e.kind == MEMBERS]
-        if all(_majority(members, self._promises) for members in configs):
+        members = next((decode_members(e.data) for e in reversed(merged) if e.kind == MEMBERS),
+                       self.members_at(self.store.commit))
+        for peer in set(_ids(members)) - self._asked - {self.id}:
+            self._asked.add(peer)
+            self._send(Prepare(self.group, self.id, peer, self.ballot, self._from_slot))
+        if _majority(members, self._promises):
             self._become_leader(merged, now)
 
     def _merge(self) -> list[Entry]:
@@ -507,9 +519,11 @@ class Paxos:
             if now - pr.snapshot_at >= self.timing.election_timeout:
                 pr.snapshot_at = now
                 self._snapshots.append((peer, store.snap))
-            return
-        prev = pr.next - 1
-        entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
+            # Still probe: a peer that got past the snapshot (one whose answer was lost) says so.
+            prev, entries = store.snap.index, ()
+        else:
+            prev = pr.next - 1
+            entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
         commit = min(store.commit, prev + len(entries))
         self._send(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
                           entries))
@@ -542,29 +556,23 @@ class Paxos:
     def _maybe_commit(self) -> None:
         store = self.store
         last = store.last_slot
-        n = last
-        for members in self._configs_in_play():
-            matches = sorted((last if r == self.id else self._progress_of(r).match for r in _ids(members)),
-                             reverse=True)
-            n = min(n, matches[len(matches) // 2])
+        matches = sorted((last if r == self.id else self._progress_of(r).match for r in _ids(self.members)),
+                         reverse=True)
+        n = matches[len(matches) // 2]
         # Only an entry of our own ballot is known chosen by counting; earlier ones follow it.
         if n <= store.commit or store.ballot_at(n) != self.ballot:
             return
         store.commit = n
         if self._change_slot and n >= self._change_slot:
             self._change_slot = 0
-        if _role(self.id, self._configs_in_play()[0]) != STORAGE:
-            self._become_follower(self._last_now)  # removed, or demoted: hand over
+        if n >= self._configs[-1][0] and not self._can_lead():
+            self._become_follower(self._last_now)  # our removal is committed: hand over
 
     def _quorum_ack(self, now: float) -> float:
-        """Send time of the newest Accept that a majority (of every membership in force) holds."""
-        acked = dict(self._acked)
-        acked[self.id] = now
-        t = _FOREVER
-        for members in self._configs_in_play():
-            times = sorted((acked.get(r, _NEVER) for r in _ids(members)), reverse=True)
-            t = min(t, times[len(times) // 2])
-        return t
+        """Send time of the newest Accept that a majority of the membership holds."""
+        acked = self._acked
+        times = sorted((now if r == self.id else acked.get(r, _NEVER) for r in _ids(self.members)), reverse=True)
+        return times[len(times) // 2] if times else _NEVER
 
     # --- shared -----------------------------------------------------------------------------
 
@@ -591,20 +599,8 @@ class Paxos:
     def _can_lead(self) -> bool:
         return _role(self.id, self.members) == STORAGE
 
-    def _configs_in_play(self) -> list[Members]:
-        """The membership at the commit index and every later one in the log."""
-        commit = self.store.commit
-        i = len(self._configs) - 1
-        while self._configs[i][0] > commit:
-            i -= 1
-        return [m for _, m in self._configs[i:]]
-
     def _peers(self) -> list[int]:
-        peers = set()
-        for members in self._configs_in_play():
-            peers.update(_ids(members))
-        peers.discard(self.id)
-        return sorted(peers)
+        return [r for r in _ids(self.members) if r != self.id]
 
     def _progress_of(self, peer: int) -> _Progress:
         pr = self._progress.get(peer)

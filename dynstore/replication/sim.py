@@ -10,7 +10,9 @@ so a run is a function of its seed and a failure is replayed exactly.
 What is simulated:
 - Network: every message travels as an encoded frame (messages.encode) with random
   delay (so reordering), loss, duplication, bit flips (dropped by the frame checksum
-  and counted) and partitions that come and heal.
+  and counted), and cut links that come and heal: a group split from the rest, or
+  the leader cut from some peers, in one direction or both (so a replica can lose the
+  leader while a peer still hears it, the case pre-vote and the lease window are for).
 - Disks: a replica persists the records of a Ready as frames and sends that Ready's
   messages only when the write is synced. A crash loses unsynced frames and may tear
   the one being written (recovery drops a torn tail); a bit flip in a synced frame
@@ -42,6 +44,7 @@ import random
 import struct
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -73,7 +76,7 @@ class Faults:
     corrupt: float = 0.005
     slow: float = 0.02  # a message held up to half a second: reorders across heartbeats
     crash: float = 0.002  # per step
-    partition: float = 0.001
+    partition: float = 0.002
     bitflip: float = 0.0003
     swap: float = 0.0005  # the operator starts replacing a storage replica by a log replica and back
 
@@ -139,9 +142,10 @@ def _parse_command(data: bytes) -> tuple[int, int, str, str]:
 class Node:
     """The simulated shell of one replica."""
 
-    def __init__(self, sim: Sim, rid: int, members: tuple):
+    def __init__(self, sim: Sim, rid: int, role: int, members: tuple):
         self.sim = sim
         self.id = rid
+        self.log_only = role == LOG  # a log replica's shell keeps no state machine
         self.disk = SimDisk()
         if members:
             self.disk.frames.append(encode(SnapshotMeta(0, ZERO_BALLOT, members)))
@@ -150,6 +154,7 @@ class Node:
         self.alive = False
         self.failed = False  # its disk is corrupt: it never comes back
         self.retired = False  # removed from the group and shut down
+        self.flipped = False  # a bit of its disk was flipped (found at the next restart)
         self.start()
 
     def local(self, t: float) -> float:
@@ -161,6 +166,7 @@ class Node:
             store = self.disk.recover()
         except CorruptionError:
             self.failed = True
+            self.flipped = False
             sim.stats["disk_corruptions_detected"] += 1
             return
         self.kv: dict = {}
@@ -168,7 +174,11 @@ class Node:
         if self.disk.snapshot is not None:
             chunk = decode(self.disk.snapshot)
             if chunk.meta.index > store.snap.index:
-                store.apply(chunk.meta)  # a durable snapshot is durable state, even if its record was lost
+                # The snapshot was installed but its record did not reach the log: write it now,
+                # or the next records would follow a log that does not reach them.
+                store.apply(chunk.meta)
+                self.disk.frames.append(encode(chunk.meta))
+                self.disk.synced = len(self.disk.frames)
             self.kv = dict(json.loads(chunk.data))
             applied = chunk.meta.index
         assert applied == store.snap.index, (applied, store.snap.index)
@@ -185,7 +195,7 @@ class Node:
         self.pending: deque = deque()  # Readys waiting for their frames to be synced
         self.waiting: dict[int, Op] = {}  # request id -> client write submitted here
         self.reads: list = []  # (read index, client id, op) strong reads waiting to be applied
-        self.snap_in: list = []  # (sender, meta) then the chunks of a snapshot being received
+        self.snap_in: dict = {}  # the snapshot stream being received: chunks by seq
         sim.check_committed(self)
         sim.after(self.tick_delay(), ("tick", self.id, self.incarnation))
         self.flush()
@@ -236,9 +246,11 @@ class Node:
 
     def apply(self, e) -> None:
         sim = self.sim
+        if e.slot <= self.applied:
+            return  # covered by a snapshot installed while this Ready waited for its write
         assert e.slot == self.applied + 1, (self.id, e.slot, self.applied)
         self.applied = e.slot
-        if e.kind == COMMAND:
+        if e.kind == COMMAND and not self.log_only:
             kind, req, key, value = _parse_command(e.data)
             self.kv[key] = value if kind == _PUT else self.kv.get(key, "") + value
             op = self.waiting.pop(req, None)
@@ -258,7 +270,7 @@ class Node:
         sim = self.sim
         core = self.core
         core.tick(self.local(sim.now))
-        if dict(core.members).get(self.id) == LOG:
+        if self.log_only:
             # A log replica keeps only the recent log; it has no state to snapshot.
             if core.commit - COMPACT_EVERY - core.store.snap.index >= COMPACT_EVERY:
                 core.compact(core.commit - COMPACT_EVERY)
@@ -296,23 +308,25 @@ class Node:
             self.sim.send(self.id, peer, encode(m))
 
     def on_snapshot_chunk(self, m: SnapshotChunk) -> None:
-        """Reassemble one stream (same sender and snapshot, chunks in order); anything else restarts it."""
-        if m.seq == 0:
-            self.snap_in = [(m.src, m.meta)]
-        elif not self.snap_in or self.snap_in[0] != (m.src, m.meta) or m.seq != len(self.snap_in) - 1:
-            self.snap_in = []
+        """Gather one stream's chunks (the network reorders them); a different stream replaces it."""
+        if self.snap_in.get("stream") != (m.src, m.meta):
+            self.snap_in = {"stream": (m.src, m.meta)}
+        self.snap_in[m.seq] = m.data
+        if m.last:
+            self.snap_in["count"] = m.seq + 1
+        count = self.snap_in.get("count")
+        if count is None or len(self.snap_in) != count + 2:
             return
-        self.snap_in.append(m.data)
-        if not m.last:
-            return
-        data, self.snap_in = b"".join(self.snap_in[1:]), []
+        data = b"".join(self.snap_in[i] for i in range(count))
+        self.snap_in = {}
         core = self.core
         if m.meta.index > core.commit:
             self.disk.snapshot = encode(SnapshotChunk(0, self.id, self.id, ZERO_BALLOT, m.meta, 0, True, data))
+            self.sim.stats["snapshots_installed"] += 1
             self.kv = dict(json.loads(data))
             self.applied = m.meta.index
             # Replies on reads waiting for slots now covered stay valid: the state only moved forward.
-        core.install_snapshot(m.meta, self.local(self.sim.now))
+        core.install_snapshot(m, self.local(self.sim.now))
         self.checked = max(self.checked, core.store.snap.index)
         self.flush()
 
@@ -341,14 +355,14 @@ class Sim:
         self.chosen: dict[int, tuple] = {}  # slot -> (kind, data) of every slot seen committed
         self.history: list[Op] = []
         self.eventual: list[tuple[str, str | None]] = []
-        self.partition: set[int] | None = None  # replicas cut off from the rest
+        self.cut: set[tuple[int, int]] = set()  # (src, dst) links that deliver nothing
         self.next_id = replicas + log_replicas
         self.next_req = 1
         members = tuple([(i, STORAGE) for i in range(replicas)]
                         + [(replicas + i, LOG) for i in range(log_replicas)])
         self.nodes: dict[int, Node] = {}
-        for rid, _ in members:
-            self.nodes[rid] = Node(self, rid, members)
+        for rid, role in members:
+            self.nodes[rid] = Node(self, rid, role, members)
         self.clients = [Client(i) for i in range(clients)]
         for c in self.clients:
             self.after(self.rng.uniform(0, 1), ("client", c.id))
@@ -369,7 +383,7 @@ class Sim:
     def send(self, src: int, dst: int, frame: bytes) -> None:
         f, rng = self.faults, self.rng
         self.stats["messages"] += 1
-        if self.partition is not None and (src in self.partition) != (dst in self.partition):
+        if (src, dst) in self.cut:
             self.stats["dropped"] += 1
             return
         if self.faulting and rng.random() < f.drop:
@@ -392,8 +406,7 @@ class Sim:
         while step < self.steps:
             self.step_once()
             step += 1
-            if self.rng.random() < 0.05:
-                self.maybe_fault()
+            self.maybe_fault()
         self.stats["steps"] = step + self.quiesce()
         self.stats["sim_seconds"] = round(self.now, 3)
         self.final_checks()
@@ -414,7 +427,7 @@ class Sim:
             if not node.alive and not node.failed and not node.retired:
                 node.start()
         elif kind == "heal":
-            self.partition = None
+            self.cut = set()
         elif kind == "operator":
             self.operate()
         else:
@@ -439,8 +452,6 @@ class Sim:
             return
         if type(m) is SnapshotChunk:
             node.on_snapshot_chunk(m)
-            if m.last:
-                self.stats["snapshots_installed"] += 1
         else:
             was_leader = node.core.role == LEADER
             node.core.step(m, node.local(self.now))
@@ -494,7 +505,7 @@ class Sim:
 
     def quiesce(self) -> int:
         self.faulting = False
-        self.partition = None
+        self.cut = set()
         for node in self.nodes.values():
             if not node.alive and not node.failed and not node.retired:
                 self.at(self.now, ("restart", node.id))
@@ -541,40 +552,58 @@ class Sim:
     def maybe_fault(self) -> None:
         self.replace_failed()
         f, rng = self.faults, self.rng
-        r = rng.random() * 20  # maybe_fault runs on one step in twenty
+        r = rng.random()
         alive = [n for n in self.nodes.values() if n.alive]
-        if r < f.crash * 20 and alive:
+        if r < f.crash and alive:
             node = rng.choice(alive)
             node.crash()
             self.stats["crashes"] += 1
             self.after(rng.uniform(0.1, 3.0), ("restart", node.id))
-        elif r < (f.crash + f.partition) * 20 and self.partition is None:
-            ids = list(self.nodes)
-            self.partition = set(rng.sample(ids, rng.randint(1, max(1, len(ids) // 2))))
+        elif r < (f.crash + f.partition) and not self.cut:
+            ids = [n.id for n in self.nodes.values() if not n.retired]
+            leaders = [n.id for n in alive if n.core.role == LEADER]
+            if leaders and rng.random() < 0.5:
+                side = {leaders[0]}
+                others = rng.sample([i for i in ids if i != leaders[0]], rng.randint(1, len(ids) - 1))
+            else:
+                side = set(rng.sample(ids, rng.randint(1, max(1, len(ids) // 2))))
+                others = [i for i in ids if i not in side]
+            both = rng.random() < 0.7
+            for a in side:
+                for b in others:
+                    self.cut.add((a, b))
+                    if both or rng.random() < 0.5:
+                        self.cut.add((b, a))
             self.stats["partitions"] += 1
             self.after(rng.uniform(0.2, 4.0), ("heal",))
-        elif r < (f.crash + f.partition + f.bitflip) * 20 and self.plan is None:
-            if all(not n.failed for n in self.nodes.values()):
+        elif r < (f.crash + f.partition + f.bitflip) and self.plan is None:
+            # One damaged disk at a time: two of three would lose the group's data for good.
+            if all(not (n.failed or n.flipped) for n in self.nodes.values()):
                 node = rng.choice([n for n in self.nodes.values() if not n.retired])
-                if node.disk.flip(rng) and node.alive:
+                node.flipped = node.disk.flip(rng)
+                if node.flipped and node.alive:
                     # Latent corruption is found when the log is read again: at the restart.
                     node.crash()
                     self.after(rng.uniform(0.1, 3.0), ("restart", node.id))
-        elif r < (f.crash + f.partition + f.bitflip + f.swap) * 20 and self.plan is None:
+        elif r < (f.crash + f.partition + f.bitflip + f.swap) and self.plan is None:
             self.start_swap()
 
     def start_swap(self) -> None:
         members = self.committed_members()
         if members is None:
             return
-        storage = [r for r, role in members if role == STORAGE]
-        failed = [r for r in storage if self.nodes[r].failed]
-        victim = failed[0] if failed else self.rng.choice(storage)
+        failed = [(r, role) for r, role in members if self.nodes[r].failed]
         self.stats["swaps"] += 1
-        log_id, new_id = self.next_id, self.next_id + 1
-        self.next_id += 2
-        self.plan = [("add", log_id, LOG), ("remove", victim, None), ("add", new_id, STORAGE),
-                     ("remove", log_id, None)]
+        log_id = self.next_id
+        self.next_id += 1
+        if failed and failed[0][1] == LOG:
+            self.plan = [("add", log_id, LOG), ("remove", failed[0][0], None)]
+        else:
+            victim = failed[0][0] if failed else self.rng.choice([r for r, role in members if role == STORAGE])
+            new_id = self.next_id
+            self.next_id += 1
+            self.plan = [("add", log_id, LOG), ("remove", victim, None), ("add", new_id, STORAGE),
+                         ("remove", log_id, None)]
         self.after(0.0, ("operator",))
 
     def committed_members(self):
@@ -599,7 +628,7 @@ class Sim:
             leader = next(n for n in self.nodes.values() if n.alive and n.core.role == LEADER)
             if action == "add":
                 if rid not in self.nodes:
-                    self.nodes[rid] = Node(self, rid, ())
+                    self.nodes[rid] = Node(self, rid, role, ())
                 current[rid] = role
             else:
                 del current[rid]
@@ -624,7 +653,7 @@ class Sim:
             return
         key = rng.choice(KEYS)
         r = rng.random()
-        storage = [n for n in self.nodes.values() if n.alive and dict(n.core.members).get(n.id) == STORAGE]
+        storage = [n for n in self.nodes.values() if n.alive and not n.log_only]
         if r < 0.1:
             if storage:
                 node = rng.choice(storage)
@@ -707,8 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         try:
             stats = run_seed(seed, args.steps)
-        except Failure as exc:
+        except Exception as exc:  # a crash of the core or the shell fails the seed like a broken invariant
             failures.append(seed)
+            if not isinstance(exc, Failure):
+                traceback.print_exc()
+                exc = f"seed {seed}: {type(exc).__name__}\nreplay: python -m dynstore.replication.sim --seed {seed} --steps {args.steps}"
             print(exc, file=sys.stderr)
             continue
         total += stats["steps"]

@@ -95,4 +95,7 @@ else:
         "format_version": btree_ref.FORMAT_VERSION,
         "key_bytes_max": limits.BTREE_KEY_BYTES_MAX,
         "value_bytes_max": limits.BTREE_VALUE_BYTES_MAX,
+        "height_max": limits.BTREE_HEIGHT_MAX,
+        "chain_pages_max": -(-limits.BTREE_VALUE_BYTES_MAX // btree_ref.OVERFLOW_BYTES),
+        "cells_max": btree_ref.USABLE // (btree_ref.SLOT_BYTES + btree_ref.LEAF_CELL_HEADER) + 1,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import threading
 from typing import Iterable, Iterator
 
@@ -33,9 +34,10 @@ class WAL:
     """A write-ahead log in `directory`; see the module docstring for how to wait on it.
 
     sync: "uring" submits each batch as a linked io_uring write and fdatasync, "fdatasync"
-    uses pwritev and fdatasync, "auto" takes io_uring when the kernel allows it. The path in
+    uses pwrite and fdatasync, "auto" takes io_uring when the kernel allows it. The path in
     use is ``io_path``. LSNs count from 1; ``last_lsn`` is the last appended (0 in a new
-    log), ``first_lsn`` the first one still held (0 when the log holds none).
+    log, n-1 after reset(n)), ``first_lsn`` the first one still held (0 when it holds none).
+    The directory is created if missing.
     """
 
     def __init__(self, directory, *, sync: str = "auto", segment_bytes: int = limits.WAL_SEGMENT_BYTES_DEFAULT,
@@ -49,6 +51,7 @@ class WAL:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.backend = backend
         self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
         if backend == "native":
             self._log = NativeWAL(self.directory, sync, segment_bytes)
         else:

@@ -240,7 +240,6 @@ class ReferenceWAL:
         self._closing = False
         self._closed = False
         self._failure: tuple[type, str] | None = None
-        os.makedirs(directory, exist_ok=True)
         try:
             self._recover()
         except BaseException:

@@ -1,0 +1,212 @@
+"""The node's Prometheus metrics: every metric, its help text, and the registry holding them.
+
+A node serves its metrics at ``GET /metrics`` on the DynamoDB endpoint's own port, in
+Prometheus' text format (server.py). DynamoDB clients only ever POST, so the path is free,
+and answering on the event loop that owns the storage means a scrape reads the engines and
+B-trees from the one thread allowed to touch them; a separate exporter port would run in a
+thread of its own and race them. The endpoint is not authenticated: the figures hold table
+names and rates, never keys, items or credentials.
+
+Each ``Metrics`` owns a ``CollectorRegistry``, never prometheus_client's global one: a node
+process has one, and a test can run several nodes in one process without their counts
+mixing.
+
+Metrics (every name starts ``dynstore_``)::
+
+    front end (server.py)
+      request_seconds{table,operation}       histogram  request read -> answer ready, per DynamoDB operation
+      request_errors_total{operation,type}   counter    error answers by DynamoDB error name
+      http_connections                        gauge      open client connections, read at scrape time
+    storage engine (engine.py), all partitions of the node together
+      wal_durable_seconds                     histogram  a write batch's wait from append to durable
+      wal_group_commit_batches                histogram  batches made durable together, as the engine sees them
+      wal_appended_bytes_total                counter    payload bytes appended to the WAL
+      engine_apply_seconds                    histogram  applying one group of durable batches to the B-tree
+      engine_checkpoint_seconds               histogram  one checkpoint (its _count is the number taken)
+    per partition{table,partition}, read from the router at scrape time
+      partition_items, partition_bytes        gauge      DynamoDB's ItemCount and TableSizeBytes of the range
+      partition_reads_total, _writes_total    counter    reads (GetItem, Query/Scan pages) and write batches routed
+      btree_cache_hits_total, _misses_total   counter    buffer-pool lookups; hit ratio = rate(hits) /
+                                                         (rate(hits) + rate(misses))
+      btree_cache_evictions_total             counter    pages evicted from the buffer pool
+      btree_cache_bytes, btree_cache_bytes_max gauge     buffer-pool memory in use and its bound
+      btree_pages, btree_dirty_pages          gauge      file size in pages, pages changed since the checkpoint
+
+Cardinality is bounded by design. ``table`` is set only on a request that succeeded (so it
+names a table that exists, or existed: the labels of a deleted table are dropped), and is
+empty for requests that fail or span several tables (BatchGetItem, TransactWriteItems);
+``operation`` is empty unless it names an operation the node serves; ``type`` is one of the
+error classes in dynstore/api/errors.py. No label carries a key, an item or a client address.
+
+Hot-path cost: an observation is a dict lookup for the labelled child (``labels()`` would
+validate and lock each call) and prometheus_client's ``observe``, about 1-2 µs a request;
+per-partition and buffer-pool figures cost nothing until scraped.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, NamedTuple
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+
+# A GetItem is answered in tens of µs, a durable write in 0.5-2 ms, a 1 MB Query or Scan
+# page in tens of ms; the buckets resolve each of these and show stalls up to seconds.
+REQUEST_SECONDS_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+                           250e-3, 500e-3, 1.0, 2.5)
+# fdatasync on NVMe takes tens of µs to 1 ms, on cloud block storage a few ms; applying a
+# batch to the tree takes µs unless it misses the buffer pool.
+STORAGE_SECONDS_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+                           50e-3, 100e-3, 250e-3, 1.0)
+# Powers of two up to the most writers one event loop has in flight in practice.
+GROUP_COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A checkpoint writes every page dirtied since the last one: from ms to tens of seconds
+# for a partition whose WAL reached CHECKPOINT_WAL_BYTES.
+CHECKPOINT_SECONDS_BUCKETS = (1e-3, 5e-3, 25e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class StorageMetrics:
+    """What the storage engines of one node report as they work (engine.py).
+
+    Without a registry the metrics count into nothing that is exported: an Engine opened
+    outside a node (tools, tests of the storage alone) works the same way.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.durable_seconds = Histogram(
+            "dynstore_wal_durable_seconds",
+            "Time a write batch waits from its WAL append until it is durable (group commit, fdatasync "
+            "or io_uring, and the event loop's wake-up).",
+            buckets=STORAGE_SECONDS_BUCKETS, registry=registry)
+        self.group_commit_batches = Histogram(
+            "dynstore_wal_group_commit_batches",
+            "Write batches that became durable together and were applied to the B-tree in one step.",
+            buckets=GROUP_COMMIT_BUCKETS, registry=registry)
+        self.appended_bytes = Counter(
+            "dynstore_wal_appended_bytes", "Payload bytes of the write batches appended to the WAL.",
+            registry=registry)
+        self.apply_seconds = Histogram(
+            "dynstore_engine_apply_seconds",
+            "Time to apply one group of durable write batches to the B-tree.",
+            buckets=STORAGE_SECONDS_BUCKETS, registry=registry)
+        self.checkpoint_seconds = Histogram(
+            "dynstore_engine_checkpoint_seconds",
+            "Time of one B-tree checkpoint (dirty pages written and synced, meta page switched, WAL "
+            "segments below it dropped).",
+            buckets=CHECKPOINT_SECONDS_BUCKETS, registry=registry)
+
+
+class PartitionFigures(NamedTuple):
+    """One partition's figures at scrape time (built by the operations' store.py)."""
+
+    table: str
+    partition: int  # position of the partition in its table's key order
+    items: int
+    bytes: int
+    reads: int
+    writes: int
+    tree: dict  # BTree.stats()
+
+
+# (name, family, help, figure) of every per-partition metric.
+_PARTITION_METRICS = (
+    ("dynstore_partition_items", GaugeMetricFamily, "Items stored in the partition (DynamoDB's ItemCount).",
+     lambda f: f.items),
+    ("dynstore_partition_bytes", GaugeMetricFamily,
+     "Size of the partition's items as DynamoDB counts it (TableSizeBytes).", lambda f: f.bytes),
+    ("dynstore_partition_reads", CounterMetricFamily,
+     "Reads routed to the partition: one per GetItem key and per Query or Scan page.", lambda f: f.reads),
+    ("dynstore_partition_writes", CounterMetricFamily, "Write batches routed to the partition.",
+     lambda f: f.writes),
+    ("dynstore_btree_cache_hits", CounterMetricFamily, "B-tree page lookups served by the buffer pool.",
+     lambda f: f.tree["cache_hits"]),
+    ("dynstore_btree_cache_misses", CounterMetricFamily, "B-tree page lookups that read the page from disk.",
+     lambda f: f.tree["cache_misses"]),
+    ("dynstore_btree_cache_evictions", CounterMetricFamily, "Pages evicted from the B-tree's buffer pool.",
+     lambda f: f.tree["cache_evictions"]),
+    ("dynstore_btree_cache_bytes", GaugeMetricFamily, "Memory held by the B-tree's buffer pool.",
+     lambda f: f.tree["cache_bytes"]),
+    ("dynstore_btree_cache_bytes_max", GaugeMetricFamily, "Bound on the memory of the B-tree's buffer pool.",
+     lambda f: f.tree["cache_bytes_max"]),
+    ("dynstore_btree_pages", GaugeMetricFamily, "Pages in the B-tree's file.", lambda f: f.tree["pages"]),
+    ("dynstore_btree_dirty_pages", GaugeMetricFamily,
+     "Buffer-pool pages changed since the last checkpoint.", lambda f: f.tree["dirty_pages"]),
+)
+
+
+class PartitionCollector:
+    """Reads every partition's figures when scraped, so serving requests costs nothing."""
+
+    def __init__(self, figures: Callable[[], Iterable[PartitionFigures]]):
+        self._figures = figures
+
+    def describe(self):
+        # Names only, so the registry can refuse duplicates without walking the partitions.
+        return [family(name, help_text, labels=("table", "partition"))
+                for name, family, help_text, _ in _PARTITION_METRICS]
+
+    def collect(self):
+        families = self.describe()
+        for figures in self._figures():
+            labels = (figures.table, str(figures.partition))
+            for family, (_, _, _, figure) in zip(families, _PARTITION_METRICS):
+                family.add_metric(labels, figure(figures))
+        return families
+
+
+class _Children:
+    """The children of a labelled metric by label values, created on first use."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self._by_values: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *values: str):
+        child = self._by_values.get(values)
+        if child is None:
+            child = self._by_values[values] = self.metric.labels(*values)
+        return child
+
+    def forget(self, first: str) -> None:
+        """Drop the children whose first label value is ``first``."""
+        for values in [v for v in self._by_values if v[0] == first]:
+            del self._by_values[values]
+            self.metric.remove(*values)
+
+
+class Metrics:
+    """Every metric of one node, in a registry of its own."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self._request_seconds = _Children(Histogram(
+            "dynstore_request_seconds",
+            "Time from a complete request to its answer (authentication, validation, the operation, "
+            "encoding). table is empty when the request failed or spans several tables.",
+            ("table", "operation"), buckets=REQUEST_SECONDS_BUCKETS, registry=self.registry))
+        self._request_errors = _Children(Counter(
+            "dynstore_request_errors",
+            "Error answers by DynamoDB error name; operation is empty when the request named no "
+            "operation this node serves.",
+            ("operation", "type"), registry=self.registry))
+        self.connections = Gauge("dynstore_http_connections", "Open client connections.", registry=self.registry)
+        self.storage = StorageMetrics(self.registry)
+
+    def observe_request(self, table: str, operation: str, seconds: float) -> None:
+        self._request_seconds(table, operation).observe(seconds)
+
+    def count_error(self, operation: str, error_name: str) -> None:
+        self._request_errors(operation, error_name).inc()
+
+    def forget_table(self, table: str) -> None:
+        """Drop a deleted table's request series, so churning tables do not grow the registry."""
+        self._request_seconds.forget(table)
+
+    def watch_partitions(self, figures: Callable[[], Iterable[PartitionFigures]]) -> None:
+        """Export ``figures()`` (every partition of the node) at each scrape."""
+        self.registry.register(PartitionCollector(figures))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (content type ``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
