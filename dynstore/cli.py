@@ -3,7 +3,7 @@
 ``dynstore up`` serves the DynamoDB API from one process over the storage under
 ``--data-dir``, prints the endpoint and the credentials to use, and stops cleanly on Ctrl-C
 or SIGTERM: it stops accepting, lets running requests answer (a few seconds at most), then
-closes the storage.
+closes the storage. Prometheus metrics are served at ``GET /metrics`` on the same port.
 """
 from __future__ import annotations
 
@@ -66,11 +66,12 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
 
     state = await State.open(data_dir, region=region, address=f"{host}:{port}")
     try:
-        server = Server(OPERATIONS, state, credentials, region=region)
+        server = Server(OPERATIONS, state, credentials, region=region, metrics=state.metrics)
         await server.start(host, port)
         endpoint_host = f"[{host}]" if ":" in host else host
         click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
         click.echo(f"data directory: {data_dir}")
+        click.echo(f"metrics (Prometheus): http://{endpoint_host}:{server.port}/metrics")
         if credentials.configured:
             click.echo("credentials: the configured access keys")
         else:

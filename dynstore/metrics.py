@@ -25,7 +25,7 @@ Metrics (every name starts ``dynstore_``)::
       engine_checkpoint_seconds               histogram  one checkpoint (its _count is the number taken)
     per partition{table,partition}, read from the router at scrape time
       partition_items, partition_bytes        gauge      DynamoDB's ItemCount and TableSizeBytes of the range
-      partition_reads_total, _writes_total    counter    reads (GetItem, Query/Scan pages) and write batches routed
+      partition_reads_total, _writes_total    counter    key lookups and range scans, and write batches, routed
       btree_cache_hits_total, _misses_total   counter    buffer-pool lookups; hit ratio = rate(hits) /
                                                          (rate(hits) + rate(misses))
       btree_cache_evictions_total             counter    pages evicted from the buffer pool
@@ -116,7 +116,7 @@ _PARTITION_METRICS = (
     ("dynstore_partition_bytes", GaugeMetricFamily,
      "Size of the partition's items as DynamoDB counts it (TableSizeBytes).", lambda f: f.bytes),
     ("dynstore_partition_reads", CounterMetricFamily,
-     "Reads routed to the partition: one per GetItem key and per Query or Scan page.", lambda f: f.reads),
+     "Reads routed to the partition: one per key lookup and per range scan.", lambda f: f.reads),
     ("dynstore_partition_writes", CounterMetricFamily, "Write batches routed to the partition.",
      lambda f: f.writes),
     ("dynstore_btree_cache_hits", CounterMetricFamily, "B-tree page lookups served by the buffer pool.",
@@ -193,15 +193,18 @@ class Metrics:
         self.connections = Gauge("dynstore_http_connections", "Open client connections.", registry=self.registry)
         self.storage = StorageMetrics(self.registry)
 
-    def observe_request(self, table: str, operation: str, seconds: float) -> None:
+    def count_request(self, table: str, operation: str, error_name: str, seconds: float) -> None:
+        """One answered request; ``error_name`` is empty when it succeeded."""
         self._request_seconds(table, operation).observe(seconds)
+        if error_name:
+            self._request_errors(operation, error_name).inc()
+        elif operation == "DeleteTable":
+            # The table is gone: drop its series, so churning tables do not grow the registry.
+            self._request_seconds.forget(table)
 
     def count_error(self, operation: str, error_name: str) -> None:
+        """An error answered without running an operation (bad HTTP, too many connections)."""
         self._request_errors(operation, error_name).inc()
-
-    def forget_table(self, table: str) -> None:
-        """Drop a deleted table's request series, so churning tables do not grow the registry."""
-        self._request_seconds.forget(table)
 
     def watch_partitions(self, figures: Callable[[], Iterable[PartitionFigures]]) -> None:
         """Export ``figures()`` (every partition of the node) at each scrape."""

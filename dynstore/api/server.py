@@ -17,8 +17,10 @@ Wire format, as DynamoDB speaks it::
 
     {...}  or  {"__type": "<namespace>#<Error>", "message": "..."}
 
-``GET /`` answers ``healthy: dynamodb.<region>.amazonaws.com `` as DynamoDB does; any other
-method, or a body that is not JSON by its content type, gets DynamoDB's 404
+``GET /`` answers ``healthy: dynamodb.<region>.amazonaws.com `` as DynamoDB does, and
+``GET /metrics`` the node's Prometheus metrics (dynstore/metrics.py: DynamoDB clients only
+POST, so the path is free, and a scrape is answered on the loop that owns the storage). Any
+other method, or a body that is not JSON by its content type, gets DynamoDB's 404
 ``<UnknownOperationException/>``.
 
 Order of checks (DynamoDB's): method and content type, target operation, signature,
@@ -66,6 +68,8 @@ from dynstore.api.errors import (
     UnknownOperationException,
 )
 from dynstore.api.sigv4 import Verifier
+from dynstore.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dynstore.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +153,14 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 class Server:
-    """A DynamoDB endpoint over ``operations`` (``{name: async fn(state, request) -> dict}``)."""
+    """A DynamoDB endpoint over ``operations`` (``{name: async fn(state, request) -> dict}``).
+
+    ``metrics`` is the node's (``State.metrics``); without one the server counts its requests
+    in a registry of its own.
+    """
 
     def __init__(self, operations: dict, state, credentials: Credentials, *, region: str = "us-east-1",
-                 server_limits: ServerLimits = ServerLimits(), clock=time.time):
+                 server_limits: ServerLimits = ServerLimits(), clock=time.time, metrics: Metrics | None = None):
         unknown = set(operations) - model.OPERATION_NAMES
         if unknown:
             raise ValueError(f"not DynamoDB operations: {sorted(unknown)}")
@@ -164,6 +172,8 @@ class Server:
         self.clock = clock
         self.verifier = Verifier(credentials)
         self.connections: set[HttpConnection] = set()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.connections.set_function(self.connections.__len__)
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
         self._closing = False
@@ -249,14 +259,22 @@ class Server:
         """The status, body and content type of the answer to ``req``."""
         if req.method != b"POST":
             if req.method == b"GET":
+                if req.url.partition(b"?")[0] == b"/metrics":
+                    return 200, self.metrics.exposition(), METRICS_CONTENT_TYPE
                 return 200, self._health, b"text/plain"
+            self.metrics.count_error("", UnknownOperationException.__name__)
             return 404, _UNKNOWN_OPERATION_404, b"text/plain"
         headers = req.headers
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type not in JSON_CONTENT_TYPES:
+            self.metrics.count_error("", UnknownOperationException.__name__)
             return 404, _UNKNOWN_OPERATION_404, b"text/plain"
+        started = time.perf_counter()
         reply_type = content_type.encode()
         operation = ""
+        handler = None
+        table = ""  # the metrics' table label: set once the request succeeded (see dynstore/metrics.py)
+        error_name = ""
         try:
             prefix, _, operation = headers.get("x-amz-target", "").partition(".")
             handler = self.operations.get(operation)
@@ -272,15 +290,21 @@ class Server:
                 data = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise SerializationException() from None
-            result = await handler(self.state, model.validate(operation, data))
-            return 200, orjson.dumps(result), reply_type
+            request = model.validate(operation, data)
+            result = await handler(self.state, request)
+            status, body = 200, orjson.dumps(result)
+            table = request.get("TableName", "")
         except DynamoDBError as error:
-            return error.status, orjson.dumps(error.body()), reply_type
+            status, body, error_name = error.status, orjson.dumps(error.body()), error.name
         except Exception:
             # A bug, not the client's fault: log it (the traceback holds no request secrets,
             # only code locations and the exception) and keep the connection serving.
             log.exception("internal error in %s", operation or "request")
-            return 500, orjson.dumps(InternalServerError().body()), reply_type
+            error = InternalServerError()
+            status, body, error_name = error.status, orjson.dumps(error.body()), error.name
+        self.metrics.count_request(table, operation if handler is not None else "", error_name,
+                                   time.perf_counter() - started)
+        return status, body, reply_type
 
 
 class HttpConnection(asyncio.Protocol):
@@ -322,6 +346,7 @@ class HttpConnection(asyncio.Protocol):
             # Answer at once and close: reading the request first would let a flood of
             # connections hold a parser and a timeout each.
             transport.write(server.error_response(ServiceUnavailable(), b"application/x-amz-json-1.0", False))
+            server.metrics.count_error("", ServiceUnavailable.__name__)
             transport.close()
             self.over_limit = True
             return
@@ -458,6 +483,7 @@ class HttpConnection(asyncio.Protocol):
                 req = self.queue.popleft()
                 if req.error is not None:
                     response = server.error_response(req.error, b"application/x-amz-json-1.0", False)
+                    server.metrics.count_error("", req.error.name)
                     keep_alive = False
                 else:
                     status, body, content_type = await server.answer(req, self.loopback)

@@ -149,8 +149,8 @@ def _canonical(text, older: bool = False) -> str:
     digits = whole + fraction
     significant = digits.lstrip("0")
     if not significant:
-        # Zero is range-checked by the exponent it is written with: 0e126 overflows.
-        _check_range("", exponent - len(fraction), older)
+        # Zero is in range whatever exponent it is written with (DynamoDB accepts 0e1000):
+        # the range applies to the number, and zero has no magnitude to check.
         return "0"
     adjusted = len(whole) - 1 - (len(digits) - len(significant)) + exponent
     significant = significant.rstrip("0")

@@ -347,10 +347,9 @@ class Paxos:
     # --- acceptor -------------------------------------------------------------------------
 
     def _on_prevote(self, m: PreVote, now: float) -> None:
-        # A replica still joining knows no membership yet; it judges by its window alone.
-        member = not self.members or _role(m.src, self.members) == STORAGE
-        granted = (now >= self.window_until and m.ballot > self.store.promised and member
-                   and m.commit >= self.store.snap.index)
+        # Membership is not checked: a lagging replica may not know the asker joined (and a
+        # removed replica is kept out by the window of every replica that hears the leader).
+        granted = now >= self.window_until and m.ballot > self.store.promised and m.commit >= self.store.snap.index
         self._send(PreVoteReply(self.group, self.id, m.src, m.ballot, granted))
 
     def _on_prepare(self, m: Prepare, now: float) -> None:

@@ -22,16 +22,19 @@ from __future__ import annotations
 import os
 import shutil
 
+from dynstore.metrics import StorageMetrics
 from dynstore.router.catalog import Catalog
 from dynstore.router.partition import Partition
 from dynstore.storage.engine import Engine
 
 
 class LocalRouter:
-    def __init__(self, data_dir: str, *, backend: str | None = None, sync: str = "auto"):
+    def __init__(self, data_dir: str, *, backend: str | None = None, sync: str = "auto",
+                 metrics: StorageMetrics | None = None):
         self.data_dir = data_dir
         self._backend = backend
         self._sync = sync
+        self._metrics = metrics  # shared by every Engine of the node
         self._tables_dir = os.path.join(data_dir, "tables")
         os.makedirs(self._tables_dir, exist_ok=True)
         self.catalog = Catalog(self._engine(os.path.join(data_dir, "catalog")))
@@ -46,7 +49,7 @@ class LocalRouter:
 
     def _engine(self, directory: str) -> Engine:
         os.makedirs(directory, exist_ok=True)
-        return Engine(directory, backend=self._backend, sync=self._sync)
+        return Engine(directory, backend=self._backend, sync=self._sync, metrics=self._metrics)
 
     def _partition_dir(self, table_id: str) -> str:
         return os.path.join(self._tables_dir, table_id, "p0")

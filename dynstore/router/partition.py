@@ -22,11 +22,16 @@ class Partition:
 
     def __init__(self, engine):
         self.engine = engine
+        # Requests routed here since open, for the partition's request rates (dynstore.metrics):
+        # plain counts, read only when scraped.
+        self.reads = 0  # key lookups and range scans
+        self.writes = 0  # write batches
         self._writes_in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     def get(self, key: bytes) -> bytes | None:
+        self.reads += 1
         return self.engine.get(key)
 
     def get_latest(self, key: bytes) -> bytes | None:
@@ -34,6 +39,7 @@ class Partition:
 
     def scan(self, start: bytes | None = None, end: bytes | None = None, *, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self.reads += 1
         return self.engine.scan(start, end, reverse=reverse, limit=limit)
 
     async def write(self, ops: list[tuple[bytes, bytes | None]]) -> int:
@@ -42,6 +48,7 @@ class Partition:
         The batch is appended to the log before the first suspension, so the caller's
         preceding ``get_latest`` reads and this write form one atomic step.
         """
+        self.writes += 1
         self._writes_in_flight += 1
         self._idle.clear()
         try:

@@ -44,12 +44,14 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import crc32c
 import zstandard
 
+from dynstore.metrics import StorageMetrics
 from dynstore.storage.btree import BTree
 from dynstore.storage.errors import ClosedError, CorruptionError, DiskFullError, StorageError
 from dynstore.storage.wal import WAL
@@ -121,8 +123,9 @@ class Engine:
 
     def __init__(self, directory: str, *, backend: str | None = None, sync: str = "auto",
                  cache_bytes: int = 64 << 20, checkpoint_wal_bytes: int = CHECKPOINT_WAL_BYTES,
-                 segment_bytes: int | None = None):
+                 segment_bytes: int | None = None, metrics: StorageMetrics | None = None):
         self.directory = directory
+        self._metrics = metrics if metrics is not None else StorageMetrics()
         self._segment_bytes = segment_bytes
         self._cache_bytes = cache_bytes
         self._backend = backend
@@ -187,17 +190,22 @@ class Engine:
         for key, value in ops:
             self._latest[key] = (lsn, value)
         self._wal_bytes_since_checkpoint += len(payload)
+        self._metrics.appended_bytes.inc(len(payload))
         return lsn
 
     async def wait(self, lsn: int) -> None:
         """Return once batch ``lsn`` is durable and applied to the tree."""
         if lsn <= self.applied_lsn:
             return
+        # Callers wait right after their append (``write``, and store.py through it), so
+        # this is the batch's time from append to durable.
+        started = time.perf_counter()
         try:
             await self._wal.durable(lsn)
         except StorageError as exc:
             self._fail(exc)
             raise
+        self._metrics.durable_seconds.observe(time.perf_counter() - started)
         try:
             self._apply_durable()
         except StorageError as exc:
@@ -219,7 +227,8 @@ class Engine:
 
     def _apply_durable(self) -> None:
         durable = self._wal.durable_lsn
-        lsn = self.applied_lsn + 1
+        first = lsn = self.applied_lsn + 1
+        started = time.perf_counter()
         while lsn <= durable and lsn in self._pending:
             ops = self._pending.pop(lsn)
             self._tree.write_batch(ops)
@@ -229,6 +238,11 @@ class Engine:
                     del self._latest[key]
             self.applied_lsn = lsn
             lsn += 1
+        if lsn > first:
+            # The first waiter woken after a flush applies every batch it made durable:
+            # the engine's view of the group commit.
+            self._metrics.apply_seconds.observe(time.perf_counter() - started)
+            self._metrics.group_commit_batches.observe(lsn - first)
 
     def _fail(self, exc: BaseException) -> None:
         # Batches after the failed one were decided on state that may never be
@@ -257,10 +271,12 @@ class Engine:
 
     def checkpoint(self) -> int:
         """Make the tree durable at ``applied_lsn`` and drop the WAL segments below it."""
+        started = time.perf_counter()
         lsn = self.applied_lsn
         self._tree.checkpoint(lsn)
         self._wal.drop_before(lsn + 1)
         self._wal_bytes_since_checkpoint = 0
+        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         return lsn
 
     @contextmanager

@@ -16,7 +16,8 @@ from dynstore.api.expressions.ast import (
 from dynstore.api.expressions.condition import Condition, ConditionBinder
 from dynstore.api.expressions.keycondition import KeyCondition, key_condition_from
 from dynstore.api.expressions.projection import Projection
-from dynstore.api.expressions.update import Update, UpdateBinder
+from dynstore.api.expressions.update import OperandTypeError, Update, UpdateBinder
+from dynstore.api.values import validate_value
 
 _INVALID = "One or more parameter values were invalid: "
 _COMPARISONS = {"EQ": "=", "NE": "<>", "LE": "<=", "LT": "<", "GE": ">=", "GT": ">"}
@@ -129,6 +130,18 @@ def filter_condition(conditions: dict, conditional_operator: str | None = None) 
 query_filter = scan_filter = filter_condition
 
 
+class _AttributeUpdates(Update):
+    """AttributeUpdates reports a value of the wrong type for ADD or DELETE in its own words."""
+
+    __slots__ = ()
+
+    def apply(self, item: dict) -> dict:
+        try:
+            return super().apply(item)
+        except OperandTypeError:
+            raise ValidationException(f"{_INVALID}Type mismatch for attribute to update") from None
+
+
 def attribute_updates(updates: dict) -> Update:
     """The legacy AttributeUpdates parameter as an update."""
     actions = []
@@ -136,6 +149,8 @@ def attribute_updates(updates: dict) -> Update:
         action = update.get("Action", "PUT")
         value = update.get("Value")
         path = Path((name,))
+        if value is not None:
+            value = validate_value(value)
         if value is None:
             if action != "DELETE":
                 raise ValidationException(f"{_INVALID}Only DELETE action is allowed when no attribute value is specified")
@@ -156,7 +171,7 @@ def attribute_updates(updates: dict) -> Update:
             actions.append(Action("ADD", path, Literal(value)))
         else:
             raise ValidationException(f"{_INVALID}ADD action is not supported for the type {kind}")
-    return UpdateBinder("AttributeUpdates", {}, {}).bind(tuple(actions))
+    return UpdateBinder("AttributeUpdates", {}, {}).bind(tuple(actions), _AttributeUpdates)
 
 
 def attributes_to_get(names: list) -> Projection:

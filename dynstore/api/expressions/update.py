@@ -26,8 +26,12 @@ def _invalid_path() -> ValidationException:
     return ValidationException("The document path provided in the update expression is invalid for update")
 
 
+class OperandTypeError(ValidationException):
+    """An operand of the wrong type met at apply time; legacy AttributeUpdates words it differently."""
+
+
 def _wrong_type() -> ValidationException:
-    return ValidationException("An operand in the update expression has an incorrect data type")
+    return OperandTypeError("An operand in the update expression has an incorrect data type")
 
 
 def _missing() -> ValidationException:
@@ -42,6 +46,11 @@ class Update:
     def __init__(self, paths: tuple, steps: tuple):
         self.paths = paths
         self._steps = steps  # (clause, path, getter or value)
+
+    @property
+    def only_removes(self) -> bool:
+        """True when every action removes (REMOVE, DELETE): such an update never creates an item."""
+        return bool(self._steps) and all(clause in ("REMOVE", "DELETE") for clause, _, _ in self._steps)
 
     def apply(self, item: dict) -> dict:
         # Right-hand sides first, all from the old item.
@@ -155,7 +164,7 @@ class _Writer:
 class UpdateBinder(Binder):
     __slots__ = ()
 
-    def bind(self, actions: tuple) -> Update:
+    def bind(self, actions: tuple, update_class: type = Update) -> Update:
         paths = [self.path(action.path) for action in actions]
         self.check_disjoint(paths)
         steps = []
@@ -172,7 +181,7 @@ class UpdateBinder(Binder):
                     raise self.error("Incorrect operand type for operator or function; operator: "
                                      f"{action.clause}, operand type: {_TYPE_NAMES[kind]}")
                 steps.append((action.clause, path, value))
-        return Update(tuple(paths), tuple(steps))
+        return update_class(tuple(paths), tuple(steps))
 
     def operand(self, node):
         """(getter(item) -> value, static type or None) of a SET right-hand side."""

@@ -154,6 +154,8 @@ async def update_item(state, request: dict) -> dict:
         _check(condition, old, request)
         if update is None:
             return old if old is not None else dict(key)
+        if old is None and update.only_removes:
+            return None
         new = update.apply(old if old is not None else dict(key))
         if item_size(new) > limits.ITEM_BYTES_MAX:
             raise ValidationException("Item size to update has exceeded the maximum allowed size")
@@ -166,7 +168,7 @@ async def update_item(state, request: dict) -> dict:
         attributes = new
     elif mode in ("UPDATED_OLD", "UPDATED_NEW") and update is not None:
         written = Projection(update.paths)
-        attributes = written.apply(old or {}) if mode == "UPDATED_OLD" else written.apply(new)
+        attributes = written.apply(old or {}) if mode == "UPDATED_OLD" else written.apply(new or {})
     else:
         attributes = None
     return _finish(table, request, consumed, key, attributes)

@@ -1,8 +1,10 @@
-"""What every operation is given: the router and the node's identity.
+"""What every operation is given: the router, the node's identity and its metrics.
 
 ``State`` is passed as the first argument of every function in ``OPERATIONS``. The
 HTTP front end builds it once (``await State.open(data_dir, ...)``) and closes it on
-shutdown; tests build it the same way on a temporary directory.
+shutdown; tests build it the same way on a temporary directory. ``State.open`` wires
+the node's ``Metrics`` (dynstore.metrics) into the storage engines and exports every
+partition's figures; the front end serves the same ``metrics`` at ``GET /metrics``.
 
 ``clock`` is the only source of time the operations read (CreationDateTime, TTL
 expiry, throughput decrease dates), so tests can move time instead of sleeping.
@@ -15,7 +17,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from dynstore.api.operations.store import partition_figures
 from dynstore.api.operations.ttl import expire_forever
+from dynstore.metrics import Metrics
 from dynstore.router import LocalRouter
 
 
@@ -26,6 +30,7 @@ class State:
     account_id: str = "000000000000"
     address: str = "127.0.0.1:8000"  # host:port clients reach this endpoint at, for DescribeEndpoints
     clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
     # Per partition item count and size, loaded from the partition on first use (store.py).
     stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     # Per table (by TableId) resolved schema, rebuilt when the description changes (schema.py).
@@ -38,7 +43,10 @@ class State:
     async def open(cls, data_dir: str, *, backend: str | None = None, sync: str = "auto",
                    expire: bool = True, **identity) -> "State":
         """Open the node's storage; ``expire`` starts the TTL expiry task."""
-        state = cls(LocalRouter(data_dir, backend=backend, sync=sync), **identity)
+        metrics = Metrics()
+        state = cls(LocalRouter(data_dir, backend=backend, sync=sync, metrics=metrics.storage), metrics=metrics,
+                    **identity)
+        metrics.watch_partitions(lambda: partition_figures(state))
         if expire:
             state._background.append(asyncio.create_task(expire_forever(state)))
         return state

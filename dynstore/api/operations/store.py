@@ -24,7 +24,7 @@ a failed write, so a write that never became durable does not skew them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import orjson
 
@@ -32,6 +32,7 @@ from dynstore.api.operations.capacity import Consumed, write_units
 from dynstore.api.operations.codec import decode_item, encode_item
 from dynstore.api.operations.schema import STATS_KEY, Table
 from dynstore.api.values import item_size
+from dynstore.metrics import PartitionFigures
 
 
 class Stats:
@@ -68,6 +69,16 @@ def table_stats(state, desc: dict) -> tuple[int, int, dict]:
             old = per_index.get(index_id, (0, 0))
             per_index[index_id] = (old[0] + count, old[1] + index_bytes)
     return items, size, per_index
+
+
+def partition_figures(state) -> Iterator[PartitionFigures]:
+    """Every partition of every table with its statistics, for the node's metrics."""
+    router = state.router
+    for name in router.table_names():
+        for number, partition in enumerate(router.partitions(router.table(name))):
+            stats = partition_stats(state, partition)
+            yield PartitionFigures(name, number, stats.items, stats.bytes, partition.reads, partition.writes,
+                                   partition.engine.stats()["tree"])
 
 
 def read_item(state, table: Table, key: dict) -> dict | None:
