@@ -117,6 +117,8 @@ def test_condition_name_with_special_characters():
 
 @pytest.mark.parametrize("text,values,message", [
     ("a-b", None, 'Syntax error; token: "-", near: "a-b"'),
+    # A name may hold underscores but not start with one.
+    ("_a = :v", {":v": N(1)}, 'Syntax error; token: "_", near: "_a"'),
     ("()", None, 'Syntax error; token: ")", near: "()"'),
     ("n = ", None, 'Syntax error; token: "<EOF>", near: "= "'),
     ("n = 5", None, 'Syntax error; token: "5", near: "= 5"'),
@@ -489,6 +491,31 @@ def test_attribute_updates():
         prefix + "DELETE action with value is not supported for the type S"
     assert error(attribute_updates, {"a": {"Action": "ADD", "Value": S("x")}}) == \
         prefix + "ADD action is not supported for the type S"
+
+
+def test_attribute_updates_check_values_and_word_type_mismatches_their_own_way():
+    prefix = "One or more parameter values were invalid: "
+    # The Value is an AttributeValue like any other: an empty set is refused before anything runs.
+    assert error(attribute_updates, {"a": {"Action": "PUT", "Value": {"NS": []}}}) == \
+        prefix + "An number set  may not be empty"
+    # A set of the wrong kind for the stored attribute is a "type mismatch" in the legacy form...
+    mismatches = [
+        ({"Action": "ADD", "Value": {"SS": ["x"]}}, "ns"),
+        ({"Action": "ADD", "Value": N(1)}, "ss"),
+        ({"Action": "ADD", "Value": {"L": [N(1)]}}, "n"),
+        ({"Action": "DELETE", "Value": {"NS": ["1"]}}, "s"),
+    ]
+    for update, name in mismatches:
+        assert error(attribute_updates({name: update}).apply, ITEM) == prefix + "Type mismatch for attribute to update"
+    # (UpdateExpression keeps its own wording for the same mistake: test_update_runtime_errors.)
+
+
+def test_update_that_only_removes_is_marked_so():
+    ctx = ExpressionContext(None, {":v": {"SS": ["x"]}, ":n": N(1)})
+    assert compile_update("REMOVE a, b DELETE ss :v", ctx).only_removes
+    assert not compile_update("REMOVE a ADD n :n", ExpressionContext(None, {":n": N(1)})).only_removes
+    assert not attribute_updates({}).only_removes
+    assert attribute_updates({"a": {"Action": "DELETE"}}).only_removes
 
 
 def test_attributes_to_get_and_key_conditions():

@@ -210,3 +210,22 @@ def test_global_index_maintenance_and_type_checks(node):
     node("DeleteItem", TableName="g", Key={"p": {"S": "1"}})
     assert by_gk("y") == []
     assert node("DescribeTable", TableName="g")["Table"]["GlobalSecondaryIndexes"][0]["ItemCount"] == 0
+
+
+def test_update_that_only_removes_does_not_create_a_missing_item(node):
+    node("UpdateItem", TableName="t", Key=key("gone"), UpdateExpression="REMOVE a")
+    node("UpdateItem", TableName="t", Key=key("gone"), UpdateExpression="DELETE s2 :v",
+         ExpressionAttributeValues={":v": {"SS": ["x"]}})
+    node("UpdateItem", TableName="t", Key=key("gone"), AttributeUpdates={"a": {"Action": "DELETE"}})
+    out = node("UpdateItem", TableName="t", Key=key("gone"), UpdateExpression="REMOVE a", ReturnValues="UPDATED_NEW")
+    assert out == {}
+    assert node("GetItem", TableName="t", Key=key("gone")) == {}
+    # An update with nothing to do still creates the item from its key, as a SET would.
+    node("UpdateItem", TableName="t", Key=key("empty"), AttributeUpdates={})
+    assert node("GetItem", TableName="t", Key=key("empty"))["Item"] == key("empty")
+
+
+def test_attribute_updates_refuse_an_empty_set(node):
+    with pytest.raises(ValidationException, match="An string set  may not be empty"):
+        node("UpdateItem", TableName="t", Key=key(), AttributeUpdates={"a": {"Action": "PUT", "Value": {"SS": []}}})
+    assert node("GetItem", TableName="t", Key=key()) == {}

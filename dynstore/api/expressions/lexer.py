@@ -1,7 +1,8 @@
 """Tokens of DynamoDB's expression language and the syntax errors it reports about them.
 
 Every expression kind (condition, filter, key condition, update, projection) shares one
-lexer, as DynamoDB's does: a token is an identifier, a ``#name`` or ``:value`` placeholder,
+lexer, as DynamoDB's does: a token is an identifier (a letter, then letters, digits and
+underscores: a leading ``_`` is a syntax error there), a ``#name`` or ``:value`` placeholder,
 a decimal integer (list indexes), one of ``( ) [ ] , . = <> < <= > >= + -``, or any other
 single character, which no grammar accepts and so surfaces as a syntax error at that
 character. The text ends with an ``<EOF>`` token of zero width.
@@ -27,7 +28,7 @@ EOF = "eof"
 _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t\r\n]+)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<ident>[A-Za-z][A-Za-z0-9_]*)
   | (?P<name>\#[A-Za-z0-9_]+)
   | (?P<value>:[A-Za-z0-9_]+)
   | (?P<number>[0-9]+)

@@ -29,6 +29,8 @@ def _invalid_path() -> ValidationException:
 class OperandTypeError(ValidationException):
     """An operand of the wrong type met at apply time; legacy AttributeUpdates words it differently."""
 
+    name = "ValidationException"  # what the client sees: the subclass only lets AttributeUpdates catch it
+
 
 def _wrong_type() -> ValidationException:
     return OperandTypeError("An operand in the update expression has an incorrect data type")

@@ -157,6 +157,11 @@ async def query(state, request: dict) -> dict:
     else:
         raise ValidationException("Either the KeyConditions or KeyConditionExpression parameter must be specified "
                                   "in the request.")
+    for name in request.get("QueryFilter") or ():
+        # The key condition already decides key attributes; the legacy filter may not repeat them.
+        if name in names:
+            raise ValidationException(f"QueryFilter can only contain non-primary key attributes: "
+                                      f"Primary key attribute: {name}")
     filter_, projection = _filter_and_projection(request, ctx, index, "QueryFilter", query_filter)
     if schema.hash_type not in key.partition_value:
         raise ValidationException(_INVALID + "Condition parameter type does not match schema type")
