@@ -2,26 +2,21 @@
 over HTTP, a real Engine's storage metrics, and the front end's own counts with two servers in
 one process."""
 import asyncio
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from test_operations_clients import client, endpoint  # noqa: F401  (fixtures: a `dynstore up` and boto3 on it)
+from test_server import client as server_client
+from test_server import start_server
 
-from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY, Credentials
 from dynstore.api.errors import ConditionalCheckFailedException
-from dynstore.api.server import Server, ServerThread
-from dynstore.metrics import CONTENT_TYPE, StorageMetrics
+from dynstore.metrics import CONTENT_TYPE, HistogramFamily, StorageMetrics
 from dynstore.storage.engine import Engine
 
 
@@ -43,35 +38,6 @@ class Scrape:
 
     def series(self, name: str) -> list[dict]:
         return [dict(labels) for sample_name, labels in self.samples if sample_name == name]
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    data = tmp_path_factory.mktemp("metrics") / "data"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("DYNSTORE_ACCESS_KEY_ID", None)
-    env.pop("DYNSTORE_SECRET_ACCESS_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--port", "0",
-                             "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    url = None
-    for line in proc.stdout:
-        found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        if found:
-            url = found.group(1)
-            break
-    assert url, "the server did not start"
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def client(endpoint):
-    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=DEVELOPMENT_ACCESS_KEY_ID,
-                        aws_secret_access_key=DEVELOPMENT_SECRET_ACCESS_KEY,
-                        config=Config(retries={"max_attempts": 1}))
 
 
 def create_table(client, name: str) -> None:
@@ -210,6 +176,20 @@ def test_open_connections_are_a_gauge(endpoint):
     assert connections() <= opened - 3
 
 
+def test_histogram_buckets_are_cumulative_and_include_their_bound():
+    registry = CollectorRegistry()
+    family = HistogramFamily("t_seconds", "A test histogram.", ("op",), buckets=(0.001, 0.01))
+    registry.register(family)
+    for value in (0.0005, 0.001, 0.002, 0.01, 0.5, 7.0):
+        family("a").observe(value)
+    value = registry.get_sample_value
+    assert [value("t_seconds_bucket", {"op": "a", "le": le}) for le in ("0.001", "0.01", "+Inf")] == [2, 4, 6]
+    assert value("t_seconds_count", {"op": "a"}) == 6
+    assert value("t_seconds_sum", {"op": "a"}) == pytest.approx(7.5135)
+    family.forget("a")
+    assert value("t_seconds_count", {"op": "a"}) is None
+
+
 def test_engine_reports_group_commits_and_checkpoints(tmp_path, storage_backend):
     registry = CollectorRegistry()
     metrics = StorageMetrics(registry)
@@ -236,22 +216,20 @@ def test_engine_reports_group_commits_and_checkpoints(tmp_path, storage_backend)
         engine.close()
 
 
-async def echo(state, request):
-    return {}
-
-
 def test_servers_in_one_process_count_apart():
-    credentials = Credentials({"AKIDMETRICS000000001": "metrics/secret/00000000000000000000000"})
-    first = ServerThread(Server({"ListTables": echo}, None, credentials)).start()
-    second = ServerThread(Server({"ListTables": echo}, None, credentials)).start()
+    first, second = start_server(), start_server()
     try:
-        client = boto3.client("dynamodb", endpoint_url=first.endpoint, region_name="us-east-1",
-                              aws_access_key_id="AKIDMETRICS000000001",
-                              aws_secret_access_key="metrics/secret/00000000000000000000000",
-                              config=Config(retries={"max_attempts": 1}))
+        client_of_first = server_client(first.endpoint)
         for _ in range(4):
-            client.list_tables()
-        assert Scrape(first.endpoint).value("dynstore_request_seconds_count", table="", operation="ListTables") == 4
+            client_of_first.list_tables()
+        with pytest.raises(ClientError) as caught:
+            client_of_first.describe_table(TableName="broken")  # the operation has a bug: a 500
+        assert caught.value.response["Error"]["Code"] == "InternalServerError"
+        attempts = caught.value.response["ResponseMetadata"]["RetryAttempts"] + 1  # botocore retries a 500
+        scraped = Scrape(first.endpoint)
+        assert scraped.value("dynstore_request_seconds_count", table="", operation="ListTables") == 4
+        assert scraped.value("dynstore_request_errors_total", operation="DescribeTable",
+                             type="InternalServerError") == attempts
         assert Scrape(second.endpoint).value("dynstore_request_seconds_count", table="", operation="ListTables") == 0
         with urllib.request.urlopen(first.endpoint, timeout=10) as response:
             assert response.read().startswith(b"healthy: ")

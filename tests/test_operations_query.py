@@ -150,3 +150,17 @@ def test_scan_filter_paging_and_capacity(node):
         if not start:
             break
     assert total == 40
+
+
+def test_legacy_query_filter_may_not_name_a_key_attribute(node):
+    keys = {"p": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "a"}]}}
+    for name in ("s", "p"):
+        with pytest.raises(ValidationException, match="^QueryFilter can only contain non-primary key attributes: "
+                                                      f"Primary key attribute: {name}$"):
+            node("Query", TableName="t", KeyConditions=keys, QueryFilter={
+                "w": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "w"}]},
+                name: {"ComparisonOperator": "NOT_NULL"}})
+    # A non-key attribute filters as usual.
+    out = node("Query", TableName="t", KeyConditions=keys,
+               QueryFilter={"v": {"ComparisonOperator": "LT", "AttributeValueList": [{"N": "2"}]}})
+    assert sks(out["Items"]) == [-1, 0, 1]
