@@ -547,3 +547,62 @@ def test_mixing_parameters():
         "ExpressionAttributeNames can only be specified when using expressions"
     assert error(check_parameters, "PutItem", {"ExpressionAttributeValues": {":a": N(1)}}) == \
         "ExpressionAttributeValues can only be specified when using expressions: ConditionExpression is null"
+
+
+# --- behaviours checked against DynamoDB's own results -------------------------------
+
+
+def test_ordering_a_request_value_that_has_no_order_is_the_requests_error():
+    for text in ("n < :v", ":v >= n", "n BETWEEN :v AND :w", ":v BETWEEN n AND n"):
+        message = error(cond, text, {":v": {"L": [N(1)]}, ":w": {"L": [N(2)]}} if ":w" in text
+                        else {":v": {"L": [N(1)]}})
+        assert message.startswith("Invalid ConditionExpression: Incorrect operand type for operator or "
+                                  "function; operator or function: "), message
+        assert message.endswith("operand type: L"), message
+    # The same list read from the item only makes the comparison false.
+    assert cond("l < :v", {":v": N(1)}) is False
+    assert cond("n BETWEEN l AND :v", {":v": N(9)}) is False
+
+
+def test_attribute_type_accepts_a_value_as_its_first_operand():
+    assert cond("attribute_type(:v, :t)", {":v": N(0), ":t": S("N")}) is True
+    assert cond("attribute_type(:v, :t)", {":v": N(0), ":t": S("S")}) is False
+    assert error(cond, "attribute_exists(:v)", {":v": N(0)}) == (
+        "Invalid ConditionExpression: Operator or function requires a document path; operator or function: "
+        "attribute_exists")
+
+
+def test_update_functions_are_not_allowed_in_conditions():
+    for name in ("if_not_exists", "list_append"):
+        assert error(cond, f"{name}(s, s) = :v", {":v": S("x")}, kind="FilterExpression") == (
+            "Invalid FilterExpression: The function is not allowed to be used this way in an expression; "
+            f"function: {name}")
+    assert error(cond, "dog(s) = :v", {":v": S("x")}) == \
+        "Invalid ConditionExpression: Invalid function name; function: dog"
+
+
+def test_condition_reports_the_top_level_attributes_it_reads():
+    ctx = ExpressionContext({"#k": "key"}, {":v": N(1)})
+    condition = compile_condition("m.a.b < :v OR (attribute_exists(#k) AND size(l[1]) = :v)", ctx)
+    assert condition.attributes == {"m", "key", "l"}
+
+
+def test_list_append_may_not_take_list_append():
+    values = {":a": {"L": [S("a")]}, ":b": {"L": [S("b")]}, ":c": {"L": [S("c")]}}
+    assert error(update, "SET x = list_append(list_append(:a, :b), :c)", values) == (
+        "Invalid UpdateExpression: The function is not allowed to be used this way in an expression; "
+        "function: list_append")
+    # if_not_exists() inside list_append() is the usual way to append to a list that may be missing.
+    out = update("SET x = list_append(if_not_exists(x, :a), :b)", {":a": {"L": [S("a")]}, ":b": {"L": [S("b")]}})
+    assert out["x"] == {"L": [S("a"), S("b")]}
+
+
+def test_set_past_the_end_appends_in_index_order():
+    item = {"id": S("k"), "l": {"L": [S("0"), S("1"), S("2")]}}
+    values = {":a": S("a"), ":b": S("b"), ":c": S("c"), ":d": S("d")}
+    out = update("SET l[84] = :a, l[37] = :b, l[17] = :c, l[50] = :d", values, item=item)
+    assert out["l"] == {"L": [S("0"), S("1"), S("2"), S("c"), S("b"), S("d"), S("a")]}
+    # Removals still name old positions when appends happen in the same update.
+    out = update("REMOVE l[0] SET l[9] = :a, l[1] = :b", {":a": S("a"), ":b": S("b")}, item=item)
+    assert out["l"] == {"L": [S("b"), S("2"), S("a")]}
+    assert item["l"] == {"L": [S("0"), S("1"), S("2")]}

@@ -229,3 +229,15 @@ def test_attribute_updates_refuse_an_empty_set(node):
     with pytest.raises(ValidationException, match="An string set  may not be empty"):
         node("UpdateItem", TableName="t", Key=key(), AttributeUpdates={"a": {"Action": "PUT", "Value": {"SS": []}}})
     assert node("GetItem", TableName="t", Key=key()) == {}
+
+
+def test_empty_expected_is_no_condition_and_takes_no_conditional_operator(node):
+    node("UpdateItem", TableName="t", Key=key(), AttributeUpdates={"v": {"Value": {"N": "1"}, "Action": "PUT"}},
+         Expected={})
+    assert node("GetItem", TableName="t", Key=key())["Item"]["v"] == {"N": "1"}
+    for operator in ("AND", "OR"):
+        with pytest.raises(ValidationException, match="^ConditionalOperator can only be used when"):
+            node("UpdateItem", TableName="t", Key=key(),
+                 AttributeUpdates={"v": {"Value": {"N": "2"}, "Action": "PUT"}}, Expected={},
+                 ConditionalOperator=operator)
+    assert node("GetItem", TableName="t", Key=key())["Item"]["v"] == {"N": "1"}

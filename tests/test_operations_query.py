@@ -133,6 +133,17 @@ def test_parallel_scan_segments_partition_the_table(node):
         node("Scan", TableName="t", Segment=0)
 
 
+def test_parallel_scan_start_key_must_lie_in_its_segment(node):
+    # Only two partition keys exist, so some segment of 8 holds items and another holds none.
+    pages = [node("Scan", TableName="t", Segment=segment, TotalSegments=8, Limit=1) for segment in range(8)]
+    own = next(segment for segment, page in enumerate(pages) if "LastEvaluatedKey" in page)
+    other = next(segment for segment, page in enumerate(pages) if not page["Items"])
+    start = pages[own]["LastEvaluatedKey"]
+    rest = node("Scan", TableName="t", Segment=own, TotalSegments=8, ExclusiveStartKey=start)["Items"]
+    assert rest and start not in rest
+    with pytest.raises(ValidationException, match="Exclusive start key does not map to the provided Segment"):
+        node("Scan", TableName="t", Segment=other, TotalSegments=8, ExclusiveStartKey=start)
+
 def test_scan_filter_paging_and_capacity(node):
     page = node("Scan", TableName="t", Limit=10, ScanFilter={"v": {"ComparisonOperator": "GT",
                                                                   "AttributeValueList": [{"N": "100"}]}},
@@ -164,3 +175,16 @@ def test_legacy_query_filter_may_not_name_a_key_attribute(node):
     out = node("Query", TableName="t", KeyConditions=keys,
                QueryFilter={"v": {"ComparisonOperator": "LT", "AttributeValueList": [{"N": "2"}]}})
     assert sks(out["Items"]) == [-1, 0, 1]
+
+
+def test_filter_expression_may_not_read_a_key_attribute_of_a_query(node):
+    for text, name in (("s = :n", "s"), ("v > :n AND p = :p", "p"), ("v = s", "s"), ("attribute_exists(#k.x)", "s")):
+        with pytest.raises(ValidationException, match="^Filter Expression can only contain non-primary key "
+                                                      f"attributes: Primary key attribute: {name}$"):
+            extra = {"ExpressionAttributeNames": {"#k": "s"}} if "#k" in text else {}
+            query(node, FilterExpression=text, values={":n": {"N": "1"}} if ":n" in text else {}, **extra)
+    assert sks(query(node, FilterExpression="v < :n", values={":n": {"N": "2"}})["Items"]) == [-1, 0, 1]
+    # A Scan has no key condition, so its filter is the only way to select by key.
+    out = node("Scan", TableName="t", FilterExpression="p = :p AND s = :n",
+               ExpressionAttributeValues={":p": {"S": "b"}, ":n": {"N": "3"}})
+    assert sks(out["Items"]) == [3]

@@ -23,16 +23,27 @@ _TYPE_LIST = "{B,NULL,SS,BOOL,L,BS,N,NS,S,M}"
 
 
 class Condition:
-    """A bound condition: ``evaluate(item) -> bool``."""
+    """A bound condition: ``evaluate(item) -> bool``; ``attributes`` are the top-level
+    attribute names it reads (a Query refuses filters that read key attributes)."""
 
-    __slots__ = ("evaluate",)
+    __slots__ = ("evaluate", "attributes")
 
-    def __init__(self, evaluate):
+    def __init__(self, evaluate, attributes: frozenset = frozenset()):
         self.evaluate = evaluate
+        self.attributes = attributes
 
 
 class ConditionBinder(Binder):
-    __slots__ = ()
+    __slots__ = ("attributes",)
+
+    def __init__(self, kind: str, names: dict, values: dict):
+        super().__init__(kind, names, values)
+        self.attributes = set()
+
+    def path(self, node: Path) -> tuple:
+        path = super().path(node)
+        self.attributes.add(path[0])
+        return path
 
     # --- operands: (getter(item) -> value or None, static type or None) -----------------
     def operand(self, node):
@@ -82,8 +93,8 @@ class ConditionBinder(Binder):
                              f"function: {name}, number of operands: {len(args)}")
         if len(args) == 2:
             self.check_distinct(name, *args)
-        if name in ("attribute_exists", "attribute_not_exists", "attribute_type") and \
-                type(unwrap(args[0])) is not Path:
+        # attribute_type() also accepts a value as its first operand; the other two do not.
+        if name in ("attribute_exists", "attribute_not_exists") and type(unwrap(args[0])) is not Path:
             raise self.error(f"Operator or function requires a document path; operator or function: {name}")
         if name == "begins_with":
             for arg in args:
@@ -108,6 +119,13 @@ class ConditionBinder(Binder):
     def type_error(self, name: str, kind: str):
         raise self.error("Incorrect operand type for operator or function; operator or function: "
                          f"{name}, operand type: {kind}")
+
+    def check_orderable(self, operator: str, nodes) -> None:
+        """A value of the request that cannot be ordered is the request's error; one read
+        from the item only makes the comparison false."""
+        for node in nodes:
+            if type(unwrap(node)) is not Path:
+                self.check_type(operator, self.static_type(node), ("N", "S", "B"))
 
     def check_between(self, low, high) -> None:
         low, high = unwrap(low), unwrap(high)
@@ -138,10 +156,13 @@ class ConditionBinder(Binder):
             return lambda item: not inner(item)
         if kind is Compare:
             self.check_distinct(node.op, node.left, node.right)
+            if node.op in _ORDER:
+                self.check_orderable(node.op, (node.left, node.right))
             return _compare(node.op, self.operand(node.left)[0], self.operand(node.right)[0])
         if kind is Between:
             get = self.operand(node.operand)[0]
             get_low, get_high = self.operand(node.low)[0], self.operand(node.high)[0]
+            self.check_orderable("BETWEEN", (node.operand, node.low, node.high))
             self.check_between(node.low, node.high)
             return _between(get, get_low, get_high)
         if kind is In:
@@ -256,4 +277,6 @@ def _in(get, choices):
 
 
 def bind_condition(tree, kind: str, names: dict, values: dict) -> Condition:
-    return Condition(ConditionBinder(kind, names, values).condition(tree))
+    binder = ConditionBinder(kind, names, values)
+    evaluate = binder.condition(tree)
+    return Condition(evaluate, frozenset(binder.attributes))

@@ -213,7 +213,11 @@ class _Parser:
             args.append(self.operand())
         self.leave()
         if name not in self.functions:
-            self.defer("function", f"Invalid function name; function: {name}")
+            if self.grammar == CONDITION and name in UPDATE_FUNCTIONS:
+                self.defer("function", "The function is not allowed to be used this way in an "
+                                       f"expression; function: {name}")
+            else:
+                self.defer("function", f"Invalid function name; function: {name}")
         for arg in args:
             self.check_operand(arg)
         return Call(name, tuple(args))

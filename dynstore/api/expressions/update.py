@@ -3,7 +3,8 @@
 DynamoDB's semantics: every right-hand side is computed from the item as it was before the
 update, so ``SET a = b, b = a`` swaps; then SET, REMOVE, ADD and DELETE take effect. List
 indexes name positions in the old list: ``REMOVE l[0], l[2]`` removes two of the old
-elements, and ``SET l[n]`` past the end appends. A nested path whose parent is missing or
+elements, and ``SET l[n]`` past the end appends, several such appends in order of their
+indexes (not of the actions). A nested path whose parent is missing or
 of the wrong type cannot be written ("The document path provided in the update expression
 is invalid for update"); DELETE that empties a set removes the attribute.
 
@@ -74,12 +75,13 @@ class Update:
 class _Writer:
     """Copy-on-write edits of one item."""
 
-    __slots__ = ("root", "copies", "removals")
+    __slots__ = ("root", "copies", "removals", "appends")
 
     def __init__(self, item: dict):
         self.root = dict(item)
         self.copies = {}  # path prefix -> copied container value ({"M": dict} or {"L": list})
         self.removals = {}  # id(list) -> (list, set of old indexes to remove)
+        self.appends = {}  # id(list) -> (list, [(index past the old end, value)])
 
     def parent(self, path: tuple):
         """The (copied) dict or list that holds ``path[-1]``."""
@@ -112,7 +114,7 @@ class _Writer:
         container = self.parent(path)
         last = path[-1]
         if container.__class__ is list and last >= len(container):
-            container.append(value)
+            self.appends.setdefault(id(container), (container, []))[1].append((last, value))
         else:
             container[last] = value
 
@@ -157,6 +159,9 @@ class _Writer:
             self.remove(path)
 
     def finish(self) -> dict:
+        # Appends go after every old element, so the old indexes removals name stay valid.
+        for values, pending in self.appends.values():
+            values.extend(value for _, value in sorted(pending, key=lambda entry: entry[0]))
         for values, indexes in self.removals.values():
             for index in sorted(indexes, reverse=True):
                 del values[index]
@@ -243,6 +248,11 @@ class UpdateBinder(Binder):
         return if_not_exists, kind
 
     def list_append(self, node: Call):
+        for arg in node.args:
+            arg = unwrap(arg)
+            if type(arg) is Call and arg.name == "list_append":
+                raise self.error("The function is not allowed to be used this way in an expression; "
+                                 "function: list_append")
         bound = [self.operand(arg) for arg in node.args]
         self.check_types("list_append", bound, "L")
         (first, _), (second, _) = bound

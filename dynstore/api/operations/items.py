@@ -47,8 +47,9 @@ def condition_of(request: dict, ctx: ExpressionContext):
     """The request's ConditionExpression or Expected as a Condition, or None."""
     if request.get("ConditionExpression") is not None:
         return compile_condition(request["ConditionExpression"], ctx)
-    if request.get("Expected") is not None:
+    if request.get("Expected"):
         return expected(request["Expected"], request.get("ConditionalOperator"))
+    # An empty Expected is no condition, so a ConditionalOperator has nothing to combine.
     if request.get("ConditionalOperator") is not None:
         raise ValidationException("ConditionalOperator can only be used when Filter or Expected conditions have been "
                                   "specified")

@@ -163,6 +163,11 @@ async def query(state, request: dict) -> dict:
             raise ValidationException(f"QueryFilter can only contain non-primary key attributes: "
                                       f"Primary key attribute: {name}")
     filter_, projection = _filter_and_projection(request, ctx, index, "QueryFilter", query_filter)
+    if request.get("FilterExpression") is not None:
+        for name in names:
+            if name in filter_.attributes:
+                raise ValidationException(f"Filter Expression can only contain non-primary key attributes: "
+                                          f"Primary key attribute: {name}")
     if schema.hash_type not in key.partition_value:
         raise ValidationException(_INVALID + "Condition parameter type does not match schema type")
     if key.sort_op is None:
@@ -206,6 +211,10 @@ async def scan(state, request: dict) -> dict:
     else:
         start, end = segment_range(prefix, segment, total)
     if request.get("ExclusiveStartKey") is not None:
-        start = max(start, _start_key_position(table, index, request["ExclusiveStartKey"]) + b"\x00")
+        position = _start_key_position(table, index, request["ExclusiveStartKey"])
+        if segment is not None and not start <= position < end:
+            raise ValidationException("The provided Exclusive start key does not map to the provided Segment and "
+                                      "TotalSegments values.")
+        start = max(start, position + b"\x00")
     ranges = [(partition, start, end) for partition in state.router.partitions(table.desc)]
     return _read_page(state, table, index, ranges, request, filter_, projection, False)
