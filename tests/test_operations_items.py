@@ -102,6 +102,23 @@ def test_concurrent_updates_are_atomic(node):
     assert all(isinstance(r, ConditionalCheckFailedException) for r in results if isinstance(r, Exception))
 
 
+def test_failed_condition_is_answered_only_after_what_it_saw_is_durable(node):
+    """A refusal decided on an accepted write never reports state a crash could undo."""
+    put = dict(TableName="t", Item=key("race"), ConditionExpression="attribute_not_exists(p)")
+    get = dict(TableName="t", Key=key("race"), ConsistentRead=True)
+
+    async def race():
+        first = asyncio.ensure_future(OPERATIONS["PutItem"](node.state, put))
+        await asyncio.sleep(0)  # the first put is accepted, not yet durable
+        with pytest.raises(ConditionalCheckFailedException):
+            await OPERATIONS["PutItem"](node.state, put)
+        # GetItem reads durable state only: the write the refusal saw must be there.
+        assert "Item" in await OPERATIONS["GetItem"](node.state, get)
+        await first
+
+    node.run(race())
+
+
 def _filler(name_bytes: int, target: int) -> dict:
     """An item with key a/1 whose DynamoDB size is exactly ``target`` bytes."""
     base = 1 + 1 + 1 + 2  # p:"a" and s:1

@@ -42,6 +42,17 @@ class Partition:
         self.reads += 1
         return self.engine.scan(start, end, reverse=reverse, limit=limit)
 
+    async def settle(self, key: bytes) -> None:
+        """Return once every accepted write of ``key`` is durable.
+
+        An answer that writes nothing but was decided on ``get_latest`` (a failed
+        condition, a remove of nothing) waits here, so it never reports state that a
+        crash could still undo.
+        """
+        lsn = self.engine.pending_lsn(key)
+        if lsn:
+            await self.engine.wait(lsn)
+
     async def write(self, ops: list[tuple[bytes, bytes | None]]) -> int:
         """Durably write a batch; returns once it is in the WAL and applied.
 

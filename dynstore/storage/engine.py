@@ -263,6 +263,15 @@ class Engine:
             return newest[1]
         return self._tree.get(key)
 
+    def pending_lsn(self, key: bytes) -> int:
+        """The LSN of the newest submitted, not yet applied batch that writes ``key``, or 0.
+
+        A decision taken on ``get_latest`` that writes nothing (a failed condition) must
+        wait for this LSN before it is answered, or a crash could undo what it saw.
+        """
+        newest = self._latest.get(key)
+        return 0 if newest is None else newest[0]
+
     def scan(self, start: bytes | None = None, end: bytes | None = None, *, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         return self._tree.scan(start, end, reverse=reverse, limit=limit)

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 import orjson
 
+from dynstore.api.errors import DynamoDBError
 from dynstore.api.operations.capacity import Consumed, write_units
 from dynstore.api.operations.codec import decode_item, encode_item
 from dynstore.api.operations.schema import STATS_KEY, Table
@@ -99,12 +100,17 @@ async def write_item(state, table: Table, key: dict, decide: Callable[[dict | No
     partition = state.router.partition_for(table.desc, storage_key)
     stored = partition.get_latest(storage_key)
     old = None if stored is None else decode_item(stored)
-    new = decide(old)
+    try:
+        new = decide(old)
+    except DynamoDBError:
+        await partition.settle(storage_key)
+        raise
     old_size = item_size(old) if old is not None else 0
     new_size = item_size(new) if new is not None else 0
     if consumed is not None:
         consumed.table += write_units(max(old_size, new_size))
     if old is None and new is None:
+        await partition.settle(storage_key)
         return old, new
     ops: list[tuple[bytes, bytes | None]] = [(storage_key, None if new is None else encode_item(new))]
     stats = partition_stats(state, partition)
