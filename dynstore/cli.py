@@ -3,7 +3,9 @@
 ``dynstore up`` serves the DynamoDB API from one process over the storage under
 ``--data-dir``, prints the endpoint and the credentials to use, and stops cleanly on Ctrl-C
 or SIGTERM: it stops accepting, lets running requests answer (a few seconds at most), then
-closes the storage. Prometheus metrics are served at ``GET /metrics`` on the same port.
+closes the storage. Prometheus metrics are served at ``GET /metrics`` on the same port, and
+the node's status with the availability its canary measures (dynstore/canary.py) at
+``GET /status``, which ``dynstore status`` shows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 import click
 import uvloop
 
+from dynstore import limits
 from dynstore.api.credentials import (
     DEVELOPMENT_ACCESS_KEY_ID,
     DEVELOPMENT_SECRET_ACCESS_KEY,
@@ -46,7 +49,12 @@ def main():
 @click.option("--credentials-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="INI file of access keys, like ~/.aws/credentials (also: DYNSTORE_ACCESS_KEY_ID and "
                    "DYNSTORE_SECRET_ACCESS_KEY).")
-def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None):
+@click.option("--node-id", default="node-1", show_default=True, help="This node's name in the status.")
+@click.option("--zone", default="zone-a", show_default=True, help="This node's availability zone.")
+@click.option("--canary-interval", default=limits.CANARY_INTERVAL_S, show_default=True,
+              type=click.FloatRange(min=0.01), help="Seconds between availability probes of each partition.")
+def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
+       canary_interval: float):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     try:
         credentials = Credentials.load(credentials_file)
@@ -57,21 +65,28 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
             f"listening on {host} needs configured credentials (the development pair is accepted from "
             f"this machine only): set DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY, or pass "
             f"--credentials-file")
-    uvloop.run(_serve(host, port, data_dir, region, credentials))
+    uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
 
 
-async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials) -> None:
+async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials, node_id: str,
+                 zone: str, canary_interval: float) -> None:
     from dynstore.api.operations import OPERATIONS, State
     from dynstore.api.server import Server
+    from dynstore.canary import Canary
+    from dynstore.status import node_status
 
     state = await State.open(data_dir, region=region, address=f"{host}:{port}")
+    canary = Canary(state.router, clock=state.clock, interval_s=canary_interval)
     try:
-        server = Server(OPERATIONS, state, credentials, region=region, metrics=state.metrics)
+        canary.start()
+        server = Server(OPERATIONS, state, credentials, region=region, metrics=state.metrics,
+                        status=lambda: node_status(state, canary, node_id=node_id, zone=zone))
         await server.start(host, port)
         endpoint_host = f"[{host}]" if ":" in host else host
         click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
         click.echo(f"data directory: {data_dir}")
         click.echo(f"metrics (Prometheus): http://{endpoint_host}:{server.port}/metrics")
+        click.echo(f"status: http://{endpoint_host}:{server.port}/status  (dynstore status)")
         if credentials.configured:
             click.echo("credentials: the configured access keys")
         else:
@@ -89,6 +104,7 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
         server.close()
         await server.wait_closed()
     finally:
+        await canary.stop()
         await state.close()
     click.echo("stopped")
 
@@ -96,3 +112,7 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
 from dynstore.bench.cli import bench  # noqa: E402  (a command of its own module, added to the group)
 
 main.add_command(bench)
+
+from dynstore.status import status  # noqa: E402
+
+main.add_command(status)

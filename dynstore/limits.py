@@ -238,3 +238,19 @@ FRAME_BYTES_MAX = 64 * 1024 * 1024
 assert HEARTBEAT_INTERVAL_S * 5 <= ELECTION_TIMEOUT_S  # several heartbeats fit in one timeout
 assert 0 < LEASE_S < ELECTION_TIMEOUT_S
 assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
+
+# --- availability canary (dynstore/canary.py) ---------------------------------------------
+# Measured as DynamoDB states its availability: successful requests / requests per 5-minute
+# window, and a day as the mean of its windows' availabilities.
+
+# One probe (a write and a read) per partition per second: 288 x 300 = 86,400 probes a
+# partition a day, so one failed second shows as ~0.3% in its window, at the cost of one small
+# durable write per partition per second (an fdatasync each on an idle node).
+CANARY_INTERVAL_S = 1.0
+# A probe not answered within this long counts as failed (write and read): a durable write
+# takes milliseconds, so two seconds means the partition is not serving, not that it is slow.
+CANARY_PROBE_TIMEOUT_S = 2.0
+CANARY_WINDOW_S = 300  # DynamoDB's SLA interval.
+CANARY_WINDOWS_KEPT = 24 * 3600 // CANARY_WINDOW_S  # a day of windows per partition, ~290 small lists.
+
+assert CANARY_PROBE_TIMEOUT_S < CANARY_WINDOW_S and CANARY_INTERVAL_S < CANARY_WINDOW_S

@@ -161,7 +161,7 @@ CHILD = textwrap.dedent(
     async def writer(engine, wid):
         i = 0
         while True:
-            k = b"w%02d-%06d" % (wid, i)
+            k = b"r%s-w%02d-%06d" % (sys.argv[2].encode(), wid, i)
             await engine.write([(k, k * 3)])
             print(k.decode(), flush=True)
             if i % 50 == 49:
@@ -182,8 +182,8 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path, storage_backend):
     rng = random.Random(11)
     acked: set[bytes] = set()
     rounds = 40 if long_mode() else 6
-    for _ in range(rounds):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE,
+    for round_no in range(rounds):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(round_no)], stdout=subprocess.PIPE,
                                  env=dict(os.environ))
         # Read acknowledgements until a random point, then kill without warning.
         stop_after = rng.randrange(20, 400)

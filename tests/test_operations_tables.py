@@ -78,6 +78,14 @@ def test_not_found_and_already_exists(node):
     (dict(LocalSecondaryIndexes=[{"IndexName": "lsi", "KeySchema": KEYS, "Projection": {"ProjectionType": "ALL"}}]),
      "One or more parameter values were invalid: Table KeySchema does not have a range key, which is required "
      "when specifying a LocalSecondaryIndex"),
+    (dict(AttributeDefinitions=None),
+     "1 validation error detected: Value null at 'attributeDefinitions' failed to satisfy constraint: "
+     "Member must not be null"),
+    (dict(AttributeDefinitions=ATTRS + [{"AttributeName": "p", "AttributeType": "N"}]),
+     "Attribute Name is duplicated: p"),
+    (dict(KeySchema=KEYS + [{"AttributeName": a, "KeyType": "RANGE"} for a in "qr"],
+          AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in "pqr"]),
+     "Invalid KeySchema: it has 3 elements; a KeySchema holds one HASH and at most one RANGE element"),
 ])
 def test_create_table_validation(node, request_, message):
     request = dict(TableName="bad", KeySchema=KEYS, AttributeDefinitions=ATTRS, BillingMode="PAY_PER_REQUEST")
@@ -137,6 +145,8 @@ def test_delete_table_and_deletion_protection(node):
     node("PutItem", TableName="tbl", Item={"p": {"S": "x"}})
     gone = node("DeleteTable", TableName="tbl")["TableDescription"]
     assert gone["TableStatus"] == "DELETING" and gone["ItemCount"] == 1
+    # Unlike DescribeTable, DeleteTable's description leaves out the schema and the creation time.
+    assert not {"CreationDateTime", "KeySchema", "AttributeDefinitions"} & set(gone)
     with pytest.raises(ResourceNotFoundException):
         node("DescribeTable", TableName="tbl")
     node.create("tbl")  # same name again: a fresh, empty table

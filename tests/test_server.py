@@ -50,7 +50,7 @@ async def accept(state, request):
 
 
 OPERATIONS = {"ListTables": list_tables, "GetItem": get_item, "DescribeTable": describe_table,
-              "CreateTable": accept, "Scan": accept, "BatchGetItem": accept}
+              "CreateTable": accept, "Scan": accept, "BatchGetItem": accept, "TagResource": accept}
 
 SMALL_LIMITS = ServerLimits(body_bytes_max=64 * 1024, header_bytes_max=4096, idle_timeout_s=1.5,
                             header_timeout_s=0.5, body_timeout_s=0.5, send_timeout_s=1.0)
@@ -204,6 +204,19 @@ def test_type_errors_are_serialization_exceptions(server, request_, message):
     assert status == 400 and error_of(data) == ("SerializationException", message)
 
 
+def test_document_nested_past_the_request_limit_is_refused_as_the_item(server):
+    # 50 nested maps are deeper than the validator follows a request body; the refusal of any
+    # attribute value (here a key) still uses DynamoDB's message for a document nested too deeply.
+    value = {"S": "leaf"}
+    for _ in range(50):
+        value = {"M": {"a": value}}
+    c = client(server.endpoint, validate=False)
+    with pytest.raises(ClientError) as e:
+        c.get_item(TableName="Music", Key={"k": value})
+    assert e.value.response["Error"] == {"Code": "ValidationException", "Message": (
+        "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond "
+        "supported limit")}
+
 def test_validated_request_is_normalized(server):
     # Unknown members and nulls are dropped before the operation sees the request.
     with connect(server) as conn:
@@ -256,6 +269,15 @@ def test_malformed_json(server, body, message):
         status, _, data = post(conn, server.server.port, "ListTables", body)
     assert status == 400 and error_of(data) == ("SerializationException", message)
 
+
+def test_operation_without_output_answers_an_empty_body(server):
+    # TagResource has no output shape: DynamoDB answers 200 with nothing in the body, not "{}".
+    body = b'{"ResourceArn": "arn:aws:dynamodb:us-east-1:000000000000:table/Music", "Tags": [{"Key": "k", "Value": "v"}]}'
+    with connect(server) as conn:
+        status, _, data = post(conn, server.server.port, "TagResource", body)
+        assert (status, data) == (200, b"")
+        status, _, data = post(conn, server.server.port, "ListTables", b"{}")  # the connection goes on serving
+        assert status == 200 and orjson.loads(data) == {"TableNames": []}
 
 def test_json_11_content_type_is_echoed(server):
     with connect(server) as conn:

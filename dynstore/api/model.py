@@ -33,6 +33,7 @@ import botocore
 
 from dynstore import limits
 from dynstore.api.errors import SerializationException, ValidationException
+from dynstore.api.values import ITEM_NESTING_MESSAGE
 
 MODEL_PATH = os.path.join(os.path.dirname(botocore.__file__), "data", "dynamodb", "2012-08-10", "service-2.json.gz")
 
@@ -125,8 +126,13 @@ def _mismatch(value, expected: str) -> SerializationException:
     return SerializationException(f"{token} cannot be converted to {_JAVA_TYPE[expected]}")
 
 
-def _nesting_error() -> ValidationException:
-    return ValidationException(NESTING_MESSAGE)
+# Only documents (attribute values) can nest deep enough to reach the limit; there DynamoDB's
+# message names the item, whichever member of the request holds the value.
+_DOCUMENT_SHAPES = frozenset(("AttributeValue", "MapAttributeValue", "ListAttributeValue"))
+
+
+def _nesting_error(shape_name: str) -> ValidationException:
+    return ValidationException(ITEM_NESTING_MESSAGE if shape_name in _DOCUMENT_SHAPES else NESTING_MESSAGE)
 
 
 def _bounds(shape: dict, what: str) -> list[tuple[str, int, str]]:
@@ -172,7 +178,7 @@ class _Compiler:
             if type(value) is not dict:
                 raise _mismatch(value, "structure")
             if depth > limits.REQUEST_NESTING_MAX:
-                raise _nesting_error()
+                raise _nesting_error(name)
             before = len(errors)
             dropped = None
             for key, v in value.items():
@@ -212,7 +218,7 @@ class _Compiler:
             if type(value) is not list:
                 raise _mismatch(value, "list")
             if depth > limits.REQUEST_NESTING_MAX:
-                raise _nesting_error()
+                raise _nesting_error(name)
             _check_bounds(len(value), bounds, errors, value, path)
             for i, v in enumerate(value):
                 if v is None:
@@ -236,7 +242,7 @@ class _Compiler:
             if type(value) is not dict:
                 raise _mismatch(value, "map")
             if depth > limits.REQUEST_NESTING_MAX:
-                raise _nesting_error()
+                raise _nesting_error(name)
             _check_bounds(len(value), bounds, errors, value, path)
             scratch = []
             for key in value:
@@ -367,14 +373,16 @@ def _check_base64(text: str) -> None:
         ) from None
 
 
-def _load_validators() -> dict[str, object]:
+def _load_model() -> tuple[dict[str, object], frozenset[str]]:
+    """Each operation's input checker, and the operations whose success DynamoDB answers with an empty body."""
     with gzip.open(MODEL_PATH, "rt", encoding="utf-8") as f:
         model = json.load(f)
     compiler = _Compiler(model["shapes"])
-    return {name: compiler.checker(op["input"]["shape"]) for name, op in model["operations"].items()}
+    validators = {name: compiler.checker(op["input"]["shape"]) for name, op in model["operations"].items()}
+    return validators, frozenset(name for name, op in model["operations"].items() if "output" not in op)
 
 
-VALIDATORS = _load_validators()
+VALIDATORS, EMPTY_REPLY_OPERATIONS = _load_model()
 OPERATION_NAMES = frozenset(VALIDATORS)
 
 
@@ -387,7 +395,21 @@ def validate(operation: str, request) -> dict:
         request = {}
     errors: list[str] = []
     request = VALIDATORS[operation](request, None, errors, 0)
+    _raise_errors(errors)
+    return request
+
+
+def require(request: dict, members: tuple[str, ...]) -> None:
+    """DynamoDB's null-member error for top-level ``members`` the service model leaves optional
+    but an operation still needs (CreateTable's KeySchema and AttributeDefinitions)."""
+    errors: list[str] = []
+    for member in members:
+        if member not in request:
+            _violation(errors, None, (None, _lower_first(member)), "Member must not be null")
+    _raise_errors(errors)
+
+
+def _raise_errors(errors: list[str]) -> None:
     if errors:
         noun = "error" if len(errors) == 1 else "errors"
         raise ValidationException(f"{len(errors)} validation {noun} detected: {'; '.join(errors)}")
-    return request

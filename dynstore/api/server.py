@@ -19,7 +19,8 @@ Wire format, as DynamoDB speaks it::
 
 ``GET /`` answers ``healthy: dynamodb.<region>.amazonaws.com `` as DynamoDB does, and
 ``GET /metrics`` the node's Prometheus metrics (dynstore/metrics.py: DynamoDB clients only
-POST, so the path is free, and a scrape is answered on the loop that owns the storage). Any
+POST, so the path is free, and a scrape is answered on the loop that owns the storage), and
+``GET /status`` the node's status document when the server is given one (dynstore/status.py). Any
 other method, or a body that is not JSON by its content type, gets DynamoDB's 404
 ``<UnknownOperationException/>``.
 
@@ -156,11 +157,12 @@ class Server:
     """A DynamoDB endpoint over ``operations`` (``{name: async fn(state, request) -> dict}``).
 
     ``metrics`` is the node's (``State.metrics``); without one the server counts its requests
-    in a registry of its own.
+    in a registry of its own. ``status`` builds the document ``GET /status`` answers.
     """
 
     def __init__(self, operations: dict, state, credentials: Credentials, *, region: str = "us-east-1",
-                 server_limits: ServerLimits = ServerLimits(), clock=time.time, metrics: Metrics | None = None):
+                 server_limits: ServerLimits = ServerLimits(), clock=time.time, metrics: Metrics | None = None,
+                 status=None):
         unknown = set(operations) - model.OPERATION_NAMES
         if unknown:
             raise ValueError(f"not DynamoDB operations: {sorted(unknown)}")
@@ -173,6 +175,7 @@ class Server:
         self.verifier = Verifier(credentials)
         self.connections: set[HttpConnection] = set()
         self.metrics = metrics if metrics is not None else Metrics()
+        self.status = status  # () -> dict, or None: no /status
         self.metrics.connections.set_function(self.connections.__len__)
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
@@ -259,8 +262,11 @@ class Server:
         """The status, body and content type of the answer to ``req``."""
         if req.method != b"POST":
             if req.method == b"GET":
-                if req.url.partition(b"?")[0] == b"/metrics":
+                path = req.url.partition(b"?")[0]
+                if path == b"/metrics":
                     return 200, self.metrics.exposition(), METRICS_CONTENT_TYPE
+                if path == b"/status" and self.status is not None:
+                    return 200, orjson.dumps(self.status()), b"application/json"
                 return 200, self._health, b"text/plain"
             self.metrics.count_error("", UnknownOperationException.__name__)
             return 404, _UNKNOWN_OPERATION_404, b"text/plain"
@@ -292,7 +298,7 @@ class Server:
                 raise SerializationException() from None
             request = model.validate(operation, data)
             result = await handler(self.state, request)
-            status, body = 200, orjson.dumps(result)
+            status, body = 200, b"" if operation in model.EMPTY_REPLY_OPERATIONS else orjson.dumps(result)
             table = request.get("TableName", "")
         except DynamoDBError as error:
             status, body, error_name = error.status, orjson.dumps(error.body()), error.name

@@ -59,7 +59,7 @@ _NOT_NUMERIC = "The parameter cannot be converted to a numeric value"
 _OVERFLOW = "Number overflow. Attempting to store a number with magnitude larger than supported range"
 _UNDERFLOW = "Number underflow. Attempting to store a number with magnitude smaller than supported range"
 _TOO_PRECISE = "Attempting to store more than 38 significant digits in a Number"
-_NESTING = (
+ITEM_NESTING_MESSAGE = (
     "Nesting Levels have exceeded supported limits: "
     "Attributes in the item have nested levels beyond supported limit"
 )
@@ -423,7 +423,7 @@ def _map(value, level, older):
     if type(value) is not dict:
         raise _serialization(value, "Map")
     if level >= limits.NESTING_LEVELS_MAX:
-        raise ValidationException(_NESTING)
+        raise ValidationException(ITEM_NESTING_MESSAGE)
     canonical = {}
     size = 3 + len(value)  # document overhead, plus one byte per element
     for name, member in value.items():
@@ -437,7 +437,7 @@ def _list(value, level, older):
     if type(value) is not list:
         raise _serialization(value, "List")
     if level >= limits.NESTING_LEVELS_MAX:
-        raise ValidationException(_NESTING)
+        raise ValidationException(ITEM_NESTING_MESSAGE)
     canonical = []
     size = 3 + len(value)  # document overhead, plus one byte per element
     for member in value:

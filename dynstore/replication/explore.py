@@ -34,6 +34,8 @@ from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
 TIMING = Timing(election_timeout=2.0, heartbeat_interval=1.0, drift_max=0.01)
 MEMBERS = ((0, STORAGE), (1, STORAGE), (2, LOG))
 NET_MAX = 6  # messages in flight beyond which no new work (tick, proposal) starts
+DEPTH_CI = 8
+DEPTH_LONG = 12
 
 
 class NoJitter:
@@ -53,6 +55,7 @@ class World:
     net: tuple  # sorted frames in flight
     clock: int
     proposals: int  # proposals left
+    losses: int  # message losses left
     crashes: int  # crash-restarts left
     changes: int  # membership changes left
     chosen: tuple  # (slot, kind, data) seen committed, sorted
@@ -78,23 +81,24 @@ def _check(w: World) -> None:
     w.chosen = tuple(sorted((s, k, d) for s, (k, d) in chosen.items()))
 
 
-def initial() -> World:
+def initial(*, proposals: int = 1, losses: int = 1, crashes: int = 1, changes: int = 1) -> World:
     cores = {}
     for rid, _ in MEMBERS:
         store = Store.replay([SnapshotMeta(0, ZERO_BALLOT, MEMBERS)])
         cores[rid] = Paxos(rid, store, now=0.0, rng=NoJitter(), timing=TIMING)
-    return World(cores, (), 0, 2, 1, 2, ())
+    return World(cores, (), 0, proposals, losses, crashes, changes, ())
 
 
-def successors(w: World):
-    """(label, world) for every step possible from w."""
-    blob = pickle.dumps(w)
+def successors(blob: bytes):
+    """(label, world) for every step possible from the pickled world."""
+    w = pickle.loads(blob)
     for i, frame in enumerate(w.net):
         if i and frame == w.net[i - 1]:
             continue  # the same message twice: one choice
-        for lose in (False, True):
+        for lose in (False, True) if w.losses else (False,):
             n = pickle.loads(blob)
             n.net = n.net[:i] + n.net[i + 1:]
+            n.losses -= lose
             m = decode(frame)
             if not lose:
                 n.cores[m.dst].step(m, float(n.clock))
@@ -139,8 +143,35 @@ def successors(w: World):
             yield (f"crash and restart {rid}", n)
 
 
-def _key(w: World) -> bytes:
-    return hashlib.blake2b(pickle.dumps(w), digest_size=16).digest()
+def settle(w: World, clock_max: int) -> World:
+    """Run w without faults (every message delivered in order, ticks when the network is idle)
+    up to clock_max: a starting point deep into a history, to explore from."""
+    while w.clock < clock_max:
+        if w.net:
+            m = decode(w.net[0])
+            w.net = w.net[1:]
+            w.cores[m.dst].step(m, float(w.clock))
+            _deliver_ready(w, m.dst)
+        else:
+            w.clock += 1
+            for rid, core in w.cores.items():
+                core.tick(float(w.clock))
+                _deliver_ready(w, rid)
+        _check(w)
+    return w
+
+
+def starts() -> list[tuple[str, World]]:
+    """The states explored from: the moment both storage replicas campaign at once, and a
+    group with a leader, a committed proposal and leases in force."""
+    election = settle(initial(), 2)
+    led = initial(proposals=1)
+    led = settle(led, 5)
+    leader = next(r for r, c in led.cores.items() if c.role == LEADER)
+    led.cores[leader].propose(b"settled", float(led.clock))
+    _deliver_ready(led, leader)
+    led = settle(led, 7)
+    return [("election", election), ("leader", led)]
 
 
 @dataclass
@@ -151,44 +182,48 @@ class Stats:
     seconds: float
 
 
-def explore(depth: int, start: World | None = None, states_max: int | None = None) -> Stats:
+def explore(depth: int, start: World, states_max: int | None = None) -> Stats:
+    """Breadth first from start; stops early (depth not complete) at states_max."""
     started = time.monotonic()
-    start = start or initial()
-    seen = {_key(start)}
-    frontier = deque([(start, ())])
+    blob = pickle.dumps(start)
+    seen = {hashlib.blake2b(blob, digest_size=16).digest()}
+    frontier = deque([(blob, ())])
     transitions = 0
     reached = 0
     while frontier:
-        w, path = frontier.popleft()
+        blob, path = frontier.popleft()
         if len(path) >= depth:
             continue
-        for label, n in successors(w):
+        for label, n in successors(blob):
             transitions += 1
             try:
                 _check(n)
             except (Violation, AssertionError) as exc:
                 steps = "\n".join(f"  {i + 1}. {s}" for i, s in enumerate(path + (label,)))
                 raise Violation(f"{exc}\nafter:\n{steps}") from exc
-            k = _key(n)
+            nblob = pickle.dumps(n)
+            k = hashlib.blake2b(nblob, digest_size=16).digest()
             if k in seen:
                 continue
             seen.add(k)
             reached = max(reached, len(path) + 1)
             if states_max is not None and len(seen) >= states_max:
                 return Stats(len(seen), transitions, reached, time.monotonic() - started)
-            frontier.append((n, path + (label,)))
+            frontier.append((nblob, path + (label,)))
     return Stats(len(seen), transitions, reached, time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dynstore.replication.explore", description=__doc__.split("\n")[0])
-    ap.add_argument("--depth", type=int, default=12)
+    ap.add_argument("--depth", type=int, default=DEPTH_CI)
     ap.add_argument("--long", action="store_true")
     args = ap.parse_args(argv)
     if args.long or os.environ.get("DYNSTORE_LONG") == "1":
-        args.depth = max(args.depth, 16)
-    stats = explore(args.depth)
-    print(f"depth {stats.depth}: {stats.states} states, {stats.transitions} transitions in {stats.seconds:.1f} s")
+        args.depth = max(args.depth, DEPTH_LONG)
+    for name, start in starts():
+        stats = explore(args.depth, start)
+        print(f"from {name}: depth {stats.depth}, {stats.states} states, {stats.transitions} transitions "
+              f"in {stats.seconds:.1f} s")
     return 0
 
 

@@ -7,6 +7,8 @@ Key spaces inside every partition's Engine (one byte first, so they never mix)::
     0x02 ‖ index id ‖ index key ‖ storage key
                                            a secondary index entry; value = the base
                                            item's storage key (the entry points at it)
+    0xFF                                   the availability canary's probe (dynstore/canary.py);
+                                           no scan, count or size ever reaches it
 
 ``storage key`` is keys.KeySchema.encode of the item's primary key, ``index key`` the
 same encoding of the item's index key under the index's KeySchema. Both encodings
@@ -27,6 +29,7 @@ from dynstore.api.values import attribute_value_size
 STATS_KEY = b"\x00"
 ITEMS = b"\x01"
 INDEXES = b"\x02"
+CANARY_KEY = b"\xff"  # the last byte, so key spaces added later never pass it
 _HASH_BYTES = limits.STORAGE_KEY_HASH_BYTES
 _INVALID = "One or more parameter values were invalid: "
 

@@ -22,6 +22,7 @@ from dynstore.api.errors import (
     ResourceNotFoundException,
     ValidationException,
 )
+from dynstore.api.model import require
 from dynstore.api.operations.schema import table_arn
 from dynstore.api.operations.store import table_stats
 from dynstore.api.operations.tags import validate_tags
@@ -31,6 +32,10 @@ _INVALID = "One or more parameter values were invalid: "
 _INTERNAL = ("TableId", "BillingMode", "Tags", "TimeToLive", "LastUpdateToPayPerRequestDateTime",
              "TableClass", "StreamSpecification", "ProvisionedThroughput", "LocalSecondaryIndexes",
              "GlobalSecondaryIndexes", "DeletionProtectionEnabled", "TableStatus", "SSESpecification")
+
+# DeleteTable's TableDescription leaves out the schema that DescribeTable shows.
+_NOT_IN_DELETE = ("CreationDateTime", "KeySchema", "AttributeDefinitions", "LocalSecondaryIndexes",
+                  "GlobalSecondaryIndexes")
 
 
 def not_found(name: str) -> ResourceNotFoundException:
@@ -51,6 +56,11 @@ def existing(state, name: str) -> dict:
 def _check_key_schema(key_schema: list[dict], defined: list[str], message_keys: list[str] | None = None) -> None:
     """DynamoDB's checks of one KeySchema (the table's or an index's), in its order."""
     keys = [element["AttributeName"] for element in key_schema]
+    if len(keys) > 2:
+        # The service model no longer caps KeySchema at two elements (composite index keys), but
+        # dynstore's keys are one HASH and at most one RANGE attribute.
+        raise ValidationException(f"Invalid KeySchema: it has {len(keys)} elements; a KeySchema holds one HASH "
+                                  "and at most one RANGE element")
     if any(key not in defined for key in keys):
         raise ValidationException(
             _INVALID + "Some index key attributes are not defined in AttributeDefinitions. "
@@ -114,6 +124,8 @@ def _check_index(index: dict, defined: list[str], names: set[str], used: set[str
 
 def _validate_create(request: dict) -> str:
     """Validates a CreateTable request the way DynamoDB does; returns the billing mode."""
+    # The service model makes only TableName required; DynamoDB still insists on these two.
+    require(request, ("AttributeDefinitions", "KeySchema"))
     billing = request.get("BillingMode", "PROVISIONED")
     throughput = request.get("ProvisionedThroughput")
     if billing == "PAY_PER_REQUEST":
@@ -130,8 +142,9 @@ def _validate_create(request: dict) -> str:
     if len(keys) > len(defined):
         raise ValidationException("Invalid KeySchema: Some index key attribute have no definition")
     _check_key_schema(key_schema, defined)
-    if len(set(defined)) != len(defined):
-        raise ValidationException(_INVALID + "Cannot have two attributes with the same name")
+    duplicated = next((name for i, name in enumerate(defined) if name in defined[:i]), None)
+    if duplicated is not None:
+        raise ValidationException(f"Attribute Name is duplicated: {duplicated}")
     lsis = request.get("LocalSecondaryIndexes")
     gsis = request.get("GlobalSecondaryIndexes")
     if lsis is None and gsis is None:
@@ -321,6 +334,8 @@ async def delete_table(state, request: dict) -> dict:
                 "Disable deletion protection first."
             )
         described = describe(state, desc, status="DELETING")
+        for member in _NOT_IN_DELETE:
+            described.pop(member, None)
         await state.router.delete_table(name)
     state.schemas.pop(desc["TableId"], None)
     state.ttl_cursors.pop(desc["TableId"], None)
