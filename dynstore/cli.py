@@ -81,7 +81,11 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
         canary.start()
         server = Server(OPERATIONS, state, credentials, region=region, metrics=state.metrics,
                         status=lambda: node_status(state, canary, node_id=node_id, zone=zone))
-        await server.start(host, port)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}"
+                                       f" (is another server using it? pick one with --port)") from None
         endpoint_host = f"[{host}]" if ":" in host else host
         click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
         click.echo(f"data directory: {data_dir}")
@@ -109,10 +113,9 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
     click.echo("stopped")
 
 
-from dynstore.bench.cli import bench  # noqa: E402  (a command of its own module, added to the group)
-
-main.add_command(bench)
-
+# Commands of their own modules, added to the group.
+from dynstore.bench.cli import bench  # noqa: E402
 from dynstore.status import status  # noqa: E402
 
+main.add_command(bench)
 main.add_command(status)

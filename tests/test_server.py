@@ -578,6 +578,15 @@ def test_up_refuses_development_credentials_off_loopback(tmp_path):
     assert proc.returncode == 2 and "needs configured credentials" in output
 
 
+def test_up_says_when_its_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = dynstore_up("--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path / "data"))
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "cannot listen on 127.0.0.1" in output and "Traceback" not in output
+
+
 def test_up_with_configured_credentials(tmp_path):
     proc = dynstore_up("--port", "0", "--data-dir", str(tmp_path / "data"),
                        env={"DYNSTORE_ACCESS_KEY_ID": KEY_ID, "DYNSTORE_SECRET_ACCESS_KEY": SECRET})
