@@ -239,6 +239,37 @@ assert HEARTBEAT_INTERVAL_S * 5 <= ELECTION_TIMEOUT_S  # several heartbeats fit 
 assert 0 < LEASE_S < ELECTION_TIMEOUT_S
 assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 
+# --- replication runtime (dynstore/replication/transport.py, replica.py, group_process.py) --
+# The shell around the Paxos core: its clock, its links to peers and how much log it keeps.
+
+# The core is ticked this often: a fifth of a heartbeat, so heartbeats and elections fire within
+# 20 ms of when the core wants them, at a cost of 50 cheap calls a second.
+TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S / 5
+# A lost link is redialled after a backoff doubling from the minimum to the maximum: the minimum
+# finds a restarted peer within a heartbeat or two, the maximum keeps a dead peer to one dial per
+# quarter of an election timeout.
+RECONNECT_BACKOFF_MIN_S = 0.02
+RECONNECT_BACKOFF_MAX_S = ELECTION_TIMEOUT_S / 4
+# A dial that neither connects nor fails in this long is abandoned and retried.
+CONNECT_TIMEOUT_S = ELECTION_TIMEOUT_S / 2
+# Bytes queued on one peer link before further frames are dropped (the protocol recovers as from
+# a loss): a full inflight window of 1 KB entries is ~1 MB, so 64 MB only fills when the peer is
+# stalled, and then memory stays bounded.
+PEER_SEND_BUFFER_BYTES_MAX = 64 * 1024 * 1024
+# Applied entries between checkpoints of the applied tree: each checkpoint lets the log drop what
+# it covers, so the log on disk holds about this many entries plus LOG_KEEP_ENTRIES.
+CHECKPOINT_ENTRIES = 10_000
+# Committed entries kept in the log below a checkpoint, so that a follower a little behind (a
+# restart, a short partition) catches up from the log instead of a whole snapshot.
+LOG_KEEP_ENTRIES = 2_000
+# Largest request or response on the test client protocol of group_process: a 400 KB item as
+# JSON, with room to spare.
+CLIENT_FRAME_BYTES_MAX = 4 * 1024 * 1024
+
+assert TICK_INTERVAL_S < HEARTBEAT_INTERVAL_S
+assert RECONNECT_BACKOFF_MIN_S < RECONNECT_BACKOFF_MAX_S < ELECTION_TIMEOUT_S
+assert INFLIGHT_ENTRIES_MAX * 1024 < PEER_SEND_BUFFER_BYTES_MAX <= FRAME_BYTES_MAX
+
 # --- availability canary (dynstore/canary.py) ---------------------------------------------
 # Measured as DynamoDB states its availability: successful requests / requests per 5-minute
 # window, and a day as the mean of its windows' availabilities.

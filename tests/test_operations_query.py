@@ -99,6 +99,17 @@ def test_local_index_query_projects_and_pages(node):
     assert query(node, IndexName="by_g", Select="COUNT")["Count"] == 10
 
 
+def test_local_index_reads_unprojected_attributes_of_the_base_item(node):
+    # "w" is outside by_g's projection; a local index still returns it when asked for.
+    whole = query(node, IndexName="by_g", Select="ALL_ATTRIBUTES", Limit=1)["Items"]
+    assert whole == [{"p": {"S": "a"}, "s": {"N": "14"}, "v": {"N": "196"}, "w": {"S": "w"}, "g": {"S": "g006"}}]
+    named = query(node, IndexName="by_g", ProjectionExpression="w, v", Limit=1)["Items"]
+    assert named == [{"w": {"S": "w"}, "v": {"N": "196"}}]
+    # A filter may read it too, while the default Select still returns only the projection.
+    filtered = query(node, IndexName="by_g", FilterExpression="w = :w", values={":w": {"S": "w"}}, Limit=1)
+    assert filtered["Items"] == [{"p": {"S": "a"}, "s": {"N": "14"}, "v": {"N": "196"}, "g": {"S": "g006"}}]
+
+
 def test_one_megabyte_pages(node):
     node.create("big")
     value = "x" * (100 * KB)

@@ -86,6 +86,13 @@ def test_not_found_and_already_exists(node):
     (dict(KeySchema=KEYS + [{"AttributeName": a, "KeyType": "RANGE"} for a in "qr"],
           AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in "pqr"]),
      "Invalid KeySchema: it has 3 elements; a KeySchema holds one HASH and at most one RANGE element"),
+    # INCLUDE names the projected attributes, so the list must be given, each name once.
+    (dict(GlobalSecondaryIndexes=[{"IndexName": "gsi", "KeySchema": KEYS,
+                                   "Projection": {"ProjectionType": "INCLUDE"}}]),
+     "One or more parameter values were invalid: ProjectionType is INCLUDE, but NonKeyAttributes is not specified"),
+    (dict(GlobalSecondaryIndexes=[{"IndexName": "gsi", "KeySchema": KEYS,
+                                   "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["b", "a", "b"]}}]),
+     "One or more parameter values were invalid: Duplicate attributes in NonKeyAttributes: b"),
 ])
 def test_create_table_validation(node, request_, message):
     request = dict(TableName="bad", KeySchema=KEYS, AttributeDefinitions=ATTRS, BillingMode="PAY_PER_REQUEST")

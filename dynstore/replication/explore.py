@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import pickle
 import sys
@@ -34,8 +35,8 @@ from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
 TIMING = Timing(election_timeout=2.0, heartbeat_interval=1.0, drift_max=0.01)
 MEMBERS = ((0, STORAGE), (1, STORAGE), (2, LOG))
 NET_MAX = 6  # messages in flight beyond which no new work (tick, proposal) starts
-DEPTH_CI = 8
-DEPTH_LONG = 12
+DEPTH_CI = 5
+DEPTH_LONG = 7
 
 
 class NoJitter:
@@ -61,7 +62,8 @@ class World:
     chosen: tuple  # (slot, kind, data) seen committed, sorted
 
 
-def _deliver_ready(w: World, rid: int) -> None:
+def collect(w: World, rid: int) -> None:
+    """Put what replica rid has to send on the network (its records are durable at once here)."""
     rd = w.cores[rid].ready()
     w.net = tuple(sorted(w.net + tuple(encode(m) for m in rd.messages)))
 
@@ -102,21 +104,21 @@ def successors(blob: bytes):
             m = decode(frame)
             if not lose:
                 n.cores[m.dst].step(m, float(n.clock))
-                _deliver_ready(n, m.dst)
+                collect(n, m.dst)
             yield (f"{'lose' if lose else 'deliver'} {type(m).__name__} {m.src}->{m.dst} {tuple(m.ballot)}", n)
     if len(w.net) <= NET_MAX:
         n = pickle.loads(blob)
         n.clock += 1
         for rid, core in n.cores.items():
             core.tick(float(n.clock))
-            _deliver_ready(n, rid)
+            collect(n, rid)
         yield (f"tick to {n.clock}", n)
     leaders = [r for r, c in w.cores.items() if c.role == LEADER]
     if w.proposals and leaders and len(w.net) <= NET_MAX:
         n = pickle.loads(blob)
         n.proposals -= 1
         n.cores[leaders[0]].propose(b"v%d" % n.proposals, float(n.clock))
-        _deliver_ready(n, leaders[0])
+        collect(n, leaders[0])
         yield (f"propose at {leaders[0]}", n)
     if w.changes and leaders:
         n = pickle.loads(blob)
@@ -132,7 +134,7 @@ def successors(blob: bytes):
             pass
         else:
             n.changes -= 1
-            _deliver_ready(n, leaders[0])
+            collect(n, leaders[0])
             yield (f"leader {leaders[0]} changes members to {sorted(members)}", n)
     if w.crashes:
         for rid in w.cores:
@@ -143,35 +145,40 @@ def successors(blob: bytes):
             yield (f"crash and restart {rid}", n)
 
 
-def settle(w: World, clock_max: int) -> World:
-    """Run w without faults (every message delivered in order, ticks when the network is idle)
-    up to clock_max: a starting point deep into a history, to explore from."""
+def settle(w: World, clock_max: int, cut: int | None = None) -> World:
+    """Run w in order (every message delivered, except to and from the replica cut off; ticks
+    when the network is idle) up to clock_max: a starting point deep into a history."""
     while w.clock < clock_max:
         if w.net:
             m = decode(w.net[0])
             w.net = w.net[1:]
-            w.cores[m.dst].step(m, float(w.clock))
-            _deliver_ready(w, m.dst)
+            if cut not in (m.src, m.dst):
+                w.cores[m.dst].step(m, float(w.clock))
+                collect(w, m.dst)
         else:
             w.clock += 1
             for rid, core in w.cores.items():
                 core.tick(float(w.clock))
-                _deliver_ready(w, rid)
+                collect(w, rid)
         _check(w)
     return w
 
 
 def starts() -> list[tuple[str, World]]:
-    """The states explored from: the moment both storage replicas campaign at once, and a
-    group with a leader, a committed proposal and leases in force."""
+    """The states explored from: the moment both storage replicas campaign at once; and a
+    group whose leader, holding a committed proposal and a lease, was cut off until the
+    other storage replica's election timer fired (the leader is back, its old messages
+    and the challenger's campaign race)."""
     election = settle(initial(), 2)
-    led = initial(proposals=1)
-    led = settle(led, 5)
+    led = settle(initial(), 5)
     leader = next(r for r, c in led.cores.items() if c.role == LEADER)
     led.cores[leader].propose(b"settled", float(led.clock))
-    _deliver_ready(led, leader)
+    collect(led, leader)
     led = settle(led, 7)
-    return [("election", election), ("leader", led)]
+    challenger = 1 - leader
+    deadline = math.ceil(led.cores[challenger].election_deadline)
+    failover = settle(led, deadline, cut=leader)
+    return [("election", election), ("failover", failover)]
 
 
 @dataclass

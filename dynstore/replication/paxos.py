@@ -50,9 +50,11 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   candidate with an older membership still meets a replica that holds the newer one
   and learns it in phase 1. A leader that removed itself steps down once the change
   commits. Log replicas vote and count in quorums but never campaign.
-- Catch-up: a lagging peer is resent entries from its match index on every heartbeat;
-  if they are compacted away, the leader asks the shell to ship its snapshot, and the
-  peer's shell calls ``install_snapshot`` once the state is in place.
+- Catch-up: every heartbeat is an Accept from the peer's next slot; a peer that lost
+  some refuses it (a gap before it) and names what it has, and the leader resends from
+  there. If those entries are compacted away, the leader asks the shell to ship its
+  snapshot (Ready.snapshots) and keeps probing; the peer's shell calls
+  ``install_snapshot`` once the state is in place, which answers the leader.
 
 Faults tolerated: message loss, delay, duplication and reordering (every message is
 idempotent or judged by ballot), crashes (nothing is sent before it is durable), and
@@ -65,7 +67,7 @@ from dataclasses import dataclass, field
 from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, ELECTION_TIMEOUT_S,
                              HEARTBEAT_INTERVAL_S, INFLIGHT_ENTRIES_MAX, UNCOMMITTED_ENTRIES_MAX)
 from dynstore.replication.errors import Busy, NotLeader
-from dynstore.replication.messages import (COMMAND, LOG, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
+from dynstore.replication.messages import (COMMAND, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
                                            Accepted, Ballot, Entries, Entry, HardState, Members,
                                            PreVote, PreVoteReply, Prepare, Promise, SnapshotChunk, SnapshotMeta,
                                            decode_members, encode_members)
@@ -96,7 +98,7 @@ class Store:
 
     def __init__(self) -> None:
         self.promised = ZERO_BALLOT  # highest ballot promised
-        self.commit = 0  # highest slot known committed (a hint on disk: recovery clamps it)
+        self.commit = 0  # highest slot known committed (never past the log: it is written after it)
         self.snap = SnapshotMeta(0, ZERO_BALLOT, ())  # what the log starts after
         self.entries: list[Entry] = []  # slots snap.index + 1 .. last_slot, no holes
 
@@ -105,8 +107,6 @@ class Store:
         store = cls()
         for record in records:
             store.apply(record)
-        # A crash can keep a HardState and lose the Entries written before it.
-        store.commit = min(store.commit, store.last_slot)
         return store
 
     @property
@@ -309,11 +309,12 @@ class Paxos:
         """The shell installed the snapshot that m (its last chunk) ends, or already had that much."""
         self._last_now = now
         store = self.store
-        if m.ballot < store.promised:
-            return  # from a deposed leader; the state is still committed, but nothing to answer
         if m.meta.index > store.commit:
+            # Committed state whoever sent it: the shell already holds it, so the log follows.
             self._record(m.meta)
             self.applied = m.meta.index
+        if m.ballot < store.promised:
+            return  # from a deposed leader: nothing to answer
         self._on_accept(Accept(self.group, m.src, self.id, m.ballot, m.meta.index, m.meta.ballot, m.meta.index,
                                _NEVER, ()), now)
 

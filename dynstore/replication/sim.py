@@ -46,7 +46,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dynstore.replication import linearizability
 from dynstore.replication.errors import Busy, FrameError, NotLeader
@@ -171,7 +171,7 @@ class Node:
             return
         self.kv: dict = {}
         applied = store.snap.index
-        if self.disk.snapshot is not None:
+        if self.disk.snapshot is not None:  # only a storage replica keeps one
             chunk = decode(self.disk.snapshot)
             if chunk.meta.index > store.snap.index:
                 # The snapshot was installed but its record did not reach the log: write it now,
@@ -184,7 +184,7 @@ class Node:
         assert applied == store.snap.index, (applied, store.snap.index)
         self.incarnation += 1
         self.alive = True
-        d = sim.timing.drift_max
+        d = sim.drift
         self.rate = sim.rng.uniform(1 - d, 1 + d)
         self.offset = sim.rng.uniform(0, 1000)
         self.core = Paxos(self.id, store, now=self.local(sim.now), rng=random.Random(sim.rng.random()),
@@ -298,9 +298,10 @@ class Node:
     # --- snapshots ----------------------------------------------------------------------------
 
     def send_snapshot(self, peer: int, meta: SnapshotMeta) -> None:
+        # The file may be newer than the request (a snapshot taken since): it covers as much or more.
         chunk = decode(self.disk.snapshot)
-        assert chunk.meta == meta, (chunk.meta, meta)
-        data = chunk.data
+        assert chunk.meta.index >= meta.index, (chunk.meta, meta)
+        meta, data = chunk.meta, chunk.data
         size = max(1, len(data) // 2 + 1)  # two chunks: the stream is reassembled in order
         pieces = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
         for seq, piece in enumerate(pieces):
@@ -321,11 +322,11 @@ class Node:
         self.snap_in = {}
         core = self.core
         if m.meta.index > core.commit:
-            self.disk.snapshot = encode(SnapshotChunk(0, self.id, self.id, ZERO_BALLOT, m.meta, 0, True, data))
+            if not self.log_only:
+                self.disk.snapshot = encode(SnapshotChunk(0, self.id, self.id, ZERO_BALLOT, m.meta, 0, True, data))
+                self.kv = dict(json.loads(data))
             self.sim.stats["snapshots_installed"] += 1
-            self.kv = dict(json.loads(data))
             self.applied = m.meta.index
-            # Replies on reads waiting for slots now covered stay valid: the state only moved forward.
         core.install_snapshot(m, self.local(self.sim.now))
         self.checked = max(self.checked, core.store.snap.index)
         self.flush()
@@ -340,11 +341,14 @@ class Client:
 
 class Sim:
     def __init__(self, seed: int, steps: int, *, replicas: int = 3, log_replicas: int = 0,
-                 faults: Faults | None = None, timing: Timing = SIM_TIMING, clients: int = 3):
+                 faults: Faults | None = None, timing: Timing = SIM_TIMING, clients: int = 3,
+                 drift: float | None = None):
         self.seed = seed
         self.steps = steps
         self.rng = random.Random(seed)
         self.timing = timing
+        # How fast or slow clocks really run; more than timing.drift_max breaks the lease's premise.
+        self.drift = timing.drift_max if drift is None else drift
         self.faults = faults or Faults()
         self.now = 0.0
         self.queue: list = []

@@ -296,7 +296,7 @@ class Engine:
         """
         lsn = self.checkpoint()
         with self._tree.snapshot() as items:
-            yield _snapshot_chunks(items, lsn, chunk_bytes)
+            yield snapshot_chunks(items, lsn, chunk_bytes)
 
     @classmethod
     def install_snapshot(cls, directory: str, chunks: Iterable[bytes], *, backend: str | None = None,
@@ -307,7 +307,7 @@ class Engine:
         os.makedirs(directory, exist_ok=True)
         tree = BTree(os.path.join(directory, "tree.db"), backend=backend)
         try:
-            items = _verified_items(chunks)
+            items = verified_items(chunks)
             lsn = next(items)
             tree.bulk_load(items)
             tree.checkpoint(lsn)
@@ -334,7 +334,7 @@ class Engine:
         self._tree.close()
 
 
-def _snapshot_chunks(items: Iterator[tuple[bytes, bytes]], lsn: int, chunk_bytes: int) -> Iterator[bytes]:
+def snapshot_chunks(items: Iterator[tuple[bytes, bytes]], lsn: int, chunk_bytes: int) -> Iterator[bytes]:
     compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
     seq = 0
     parts: list[bytes] = []
@@ -363,7 +363,7 @@ def _snapshot_chunks(items: Iterator[tuple[bytes, bytes]], lsn: int, chunk_bytes
     yield chunk(_CHUNK_LAST)
 
 
-def _verified_items(chunks: Iterable[bytes]) -> Iterator:
+def verified_items(chunks: Iterable[bytes]) -> Iterator:
     """Yield the snapshot's LSN, then its (key, value) pairs, verifying every chunk first."""
     decompressor = zstandard.ZstdDecompressor()
     expected_seq = 0

@@ -6,8 +6,9 @@ the last item read, and the next page starts just after it (``ExclusiveStartKey`
 Count and ScannedCount count the items that passed the filter and the items read.
 
 Reads see durable state only (the partition's B-tree). A query on an index walks
-the index entries (schema.py) and fetches each base item, projected to the index's
-projection, so an index never returns an attribute it does not project.
+the index entries (schema.py) and fetches each base item. A global index returns only
+what it projects; a local index, like DynamoDB's, returns the whole base item for
+Select=ALL_ATTRIBUTES and lets SPECIFIC_ATTRIBUTES and filters name any attribute.
 
 Capacity: the sizes of all items read are summed and rounded up to 4 KB units once
 per request, halved for eventually consistent reads.
@@ -71,7 +72,8 @@ def _start_key_position(table, index, start_key: dict) -> bytes:
     return entry
 
 
-def _read_page(state, table, index, ranges: list, request: dict, filter_, projection, reverse: bool) -> dict:
+def _read_page(state, table, index, ranges: list, request: dict, filter_, projection, select: str,
+               reverse: bool) -> dict:
     """Walk ``ranges`` (partition, start, end) and build the response page."""
     limit = request.get("Limit")
     select_count = request.get("Select") == "COUNT"
@@ -88,12 +90,21 @@ def _read_page(state, table, index, ranges: list, request: dict, filter_, projec
                 if base is None:
                     # The entry's base item is gone in a batch not yet applied: skip it.
                     continue
-                item = index.project(decode_item(base))
+                item = decode_item(base)
+                # A local index sits beside its base items, so DynamoDB fetches them whole for the
+                # filter and for a Select beyond the projection; a global index has only what it projects.
+                if index.is_global:
+                    item = index.project(item)
             scanned += 1
             size += item_size(item)
             if filter_ is None or filter_.evaluate(item):
                 if not select_count:
-                    items.append(projection.apply(item) if projection is not None else item)
+                    if projection is not None:
+                        items.append(projection.apply(item))
+                    elif select == "ALL_PROJECTED_ATTRIBUTES":
+                        items.append(index.project(item))
+                    else:
+                        items.append(item)
                 else:
                     items.append(None)
             if scanned == limit or size >= limits.PAGE_BYTES_MAX:
@@ -132,8 +143,7 @@ def _filter_and_projection(request: dict, ctx, index, legacy_name: str, legacy_f
         filter_ = None
     projection = projection_of(request, ctx)
     ctx.check_unused()
-    _select(request, index, projection)
-    return filter_, projection
+    return filter_, projection, _select(request, index, projection)
 
 
 def _common(state, request: dict, operation: str):
@@ -162,7 +172,7 @@ async def query(state, request: dict) -> dict:
         if name in names:
             raise ValidationException(f"QueryFilter can only contain non-primary key attributes: "
                                       f"Primary key attribute: {name}")
-    filter_, projection = _filter_and_projection(request, ctx, index, "QueryFilter", query_filter)
+    filter_, projection, select = _filter_and_projection(request, ctx, index, "QueryFilter", query_filter)
     if request.get("FilterExpression") is not None:
         for name in names:
             if name in filter_.attributes:
@@ -188,7 +198,8 @@ async def query(state, request: dict) -> dict:
         else:
             start = max(start, position + b"\x00")
     partition = state.router.partition_for(table.desc, start)
-    return _read_page(state, table, index, [(partition, start, end)], request, filter_, projection, reverse)
+    return _read_page(state, table, index, [(partition, start, end)], request, filter_, projection, select,
+                      reverse)
 
 
 async def scan(state, request: dict) -> dict:
@@ -204,7 +215,7 @@ async def scan(state, request: dict) -> dict:
         raise ValidationException(f"The Segment parameter is zero-based and must be less than parameter "
                                   f"TotalSegments: Segment: {segment} is not less than TotalSegments: {total}")
     ctx = context(request)
-    filter_, projection = _filter_and_projection(request, ctx, index, "ScanFilter", scan_filter)
+    filter_, projection, select = _filter_and_projection(request, ctx, index, "ScanFilter", scan_filter)
     prefix = index.prefix if index is not None else ITEMS
     if segment is None:
         start, end = prefix, space_end(prefix)
@@ -217,4 +228,4 @@ async def scan(state, request: dict) -> dict:
                                       "TotalSegments values.")
         start = max(start, position + b"\x00")
     ranges = [(partition, start, end) for partition in state.router.partitions(table.desc)]
-    return _read_page(state, table, index, ranges, request, filter_, projection, False)
+    return _read_page(state, table, index, ranges, request, filter_, projection, select, False)

@@ -106,8 +106,15 @@ def _check_projection(index: dict) -> None:
     kind = projection.get("ProjectionType")
     if kind is None:
         raise ValidationException(_INVALID + "Unknown ProjectionType: null")
-    if "NonKeyAttributes" in projection and kind != "INCLUDE":
+    non_key = projection.get("NonKeyAttributes")
+    if non_key is not None and kind != "INCLUDE":
         raise ValidationException(_INVALID + f"ProjectionType is {kind}, but NonKeyAttributes is specified")
+    if kind == "INCLUDE":
+        if not non_key:
+            raise ValidationException(_INVALID + "ProjectionType is INCLUDE, but NonKeyAttributes is not specified")
+        duplicates = sorted({name for name in non_key if non_key.count(name) > 1})
+        if duplicates:
+            raise ValidationException(_INVALID + f"Duplicate attributes in NonKeyAttributes: {', '.join(duplicates)}")
 
 
 def _check_index(index: dict, defined: list[str], names: set[str], used: set[str]) -> str:

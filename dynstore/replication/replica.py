@@ -1,0 +1,414 @@
+"""One replica of one replication group: the shell that gives the Paxos core a disk, a
+network, a clock and a state machine.
+
+The loop, for every input (a message, a proposal, a read, a tick): hand it to the core
+with ``now`` from the monotonic clock, then take the core's ``Ready`` (once per turn of
+the event loop, so inputs that arrive together share one Ready and one group commit),
+append its persist records to the WAL, and only once they are durable send its
+messages, apply its committed entries and ship the snapshots it asks for. Readys are
+handled strictly in order.
+
+Files, under the replica's directory::
+
+    log/        the WAL (storage/wal.py): the Paxos log itself
+    tree.db     the applied state (storage/btree.py), checkpointed at an applied slot
+    tree.meta   messages.encode(SnapshotMeta) of the last snapshot installed from a peer
+
+WAL records. Each persist record of the core is one WAL record whose payload is the
+record's messages.encode frame (its own crc32c and version inside the WAL's checksum) and
+whose type says which record it is (WAL_HARD_STATE, WAL_ENTRIES, WAL_SNAPSHOT_META, paired
+with the decoded type at recovery). A WAL_BASE record holds the whole log state in one
+payload (the frames of SnapshotMeta, Entries, HardState): it is written after the log is
+compacted, and once it is durable the WAL segments before it are dropped. Recovery replays
+the records from the last WAL_BASE on (everything before it is superseded) into
+``Store.replay``; a log with no records at all is a new replica and starts from the
+configured membership.
+
+Applied state. A committed COMMAND entry is a write batch in the engine's encoding
+(storage/engine.py encode_batch) applied to the tree at its slot. The tree is checkpointed
+every CHECKPOINT_ENTRIES applied entries; the log is then compacted up to LOG_KEEP_ENTRIES
+below the checkpoint, and recovery re-applies the committed entries after the checkpoint.
+The Engine is not used here because its own WAL would be a second log: in a replicated
+partition the Paxos log is the write-ahead log, so the shell drives the tree directly.
+
+Snapshots. When the core says a peer needs the log it compacted, the shell checkpoints the
+tree at its applied slot and streams that checkpoint in the engine's snapshot chunk format
+(crc32c + zstd per chunk) as SnapshotChunk messages. The receiver verifies every chunk while
+loading it into a fresh tree file, writes tree.meta, renames the tree into place and then
+tells the core, which persists the SnapshotMeta. A crash after the rename but before that
+record is durable leaves a tree ahead of the log's commit index; recovery sees it and writes
+the record from tree.meta.
+
+Faults survived: a crash at any instant (nothing is sent or applied before it is durable,
+the tree only moves to a new checkpoint or a fully verified snapshot); torn WAL tails (the
+WAL drops them; they were never acknowledged); a corrupt snapshot chunk (the stream is
+dropped and the leader resends it); a failing disk stops the replica (``on_fatal``), which
+is then repaired by restart or replacement, never by guessing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+
+from dynstore.limits import CHECKPOINT_ENTRIES, LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT
+from dynstore.replication.errors import NotLeader
+from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Entries, HardState, SnapshotChunk, SnapshotMeta,
+                                           decode, encode, frame_length)
+from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
+from dynstore.replication.tasks import Tasks
+from dynstore.storage.btree import BTree
+from dynstore.storage.engine import SNAPSHOT_CHUNK_BYTES, snapshot_chunks, verified_items, decode_batch
+from dynstore.storage.errors import CorruptionError
+from dynstore.storage.wal import WAL
+
+log = logging.getLogger(__name__)
+
+WAL_HARD_STATE = 1
+WAL_ENTRIES = 2
+WAL_SNAPSHOT_META = 3
+WAL_BASE = 4
+_WAL_TYPES = {HardState: WAL_HARD_STATE, Entries: WAL_ENTRIES, SnapshotMeta: WAL_SNAPSHOT_META}
+
+
+def _frames(payload: bytes) -> list:
+    records, pos = [], 0
+    while pos < len(payload):
+        n = frame_length(payload, pos)
+        if n is None or pos + n > len(payload):
+            raise CorruptionError("a WAL_BASE record ends inside a frame")
+        records.append(decode(payload[pos:pos + n]))
+        pos += n
+    return records
+
+
+def read_log(wal: WAL) -> list:
+    """The persist records of the log, from its last WAL_BASE on, checked against their WAL types."""
+    raw = list(wal.read(wal.first_lsn)) if wal.last_lsn else []
+    start = max((i for i, r in enumerate(raw) if r.type == WAL_BASE), default=0)
+    records = []
+    for r in raw[start:]:
+        if r.type == WAL_BASE:
+            records.extend(_frames(r.payload))
+            continue
+        record = decode(r.payload)
+        if _WAL_TYPES.get(type(record)) != r.type:
+            raise CorruptionError(f"WAL record {r.lsn} of type {r.type} holds a {type(record).__name__}",
+                                  wal.directory)
+        records.append(record)
+    return records
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Replica:
+    """Replica ``replica_id`` of ``group``; ``send(m)`` puts a message on the network.
+
+    Not thread-safe: one event loop owns it. ``start()`` begins ticking; ``step(m)`` takes
+    every message from the transport.
+    """
+
+    def __init__(self, directory: str, replica_id: int, members: tuple, send, *, group: int = 0,
+                 timing: Timing = Timing(), seed: int = 0, backend: str | None = None, sync: str = "auto",
+                 segment_bytes: int = WAL_SEGMENT_BYTES_DEFAULT, checkpoint_entries: int = CHECKPOINT_ENTRIES,
+                 log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic):
+        self.id = replica_id
+        self.group = group
+        self.directory = directory
+        self.send = send
+        self.clock = clock
+        self.checkpoint_entries = checkpoint_entries
+        self.log_keep_entries = log_keep_entries
+        self.stats = {"snapshots_sent": 0, "snapshots_installed": 0, "snapshot_chunks_corrupt": 0,
+                      "checkpoints": 0, "log_rewrites": 0}
+        os.makedirs(directory, exist_ok=True)
+        self.wal = WAL(os.path.join(directory, "log"), sync=sync, segment_bytes=segment_bytes, backend=backend)
+        self._backend = backend
+        self._tree_path = os.path.join(directory, "tree.db")
+        self._meta_path = os.path.join(directory, "tree.meta")
+        store = Store.replay(read_log(self.wal))
+        if self.wal.last_lsn == 0:
+            self._persist_now(store, SnapshotMeta(0, ZERO_BALLOT, tuple(sorted(members))))
+        self.tree = BTree(self._tree_path, backend=backend)
+        self.applied = self.tree.checkpoint_lsn
+        if self.applied > store.commit:
+            # A snapshot was installed but the crash came before its record was durable.
+            with open(self._meta_path, "rb") as f:
+                meta = decode(f.read())
+            if meta.index != self.applied:
+                raise CorruptionError(f"tree checkpointed at {self.applied}, but tree.meta says {meta.index}",
+                                      self._meta_path)
+            self._persist_now(store, meta)
+        self.core = Paxos(replica_id, store, now=clock(), rng=random.Random(seed), timing=timing, group=group,
+                          applied=self.applied)
+        self._pending: deque = deque()  # (lsn, Ready) waiting for the WAL to make lsn durable
+        self._target_lsn = 0  # the LSN the newest Ready depends on
+        self._drainer: asyncio.Task | None = None
+        self._flush_scheduled = False
+        self._waiting: dict[int, tuple[asyncio.Future, bytes]] = {}  # slot -> (client future, its data)
+        self._reads: list[tuple[int, asyncio.Future]] = []  # (slot to apply first, future)
+        self._snap_in: dict = {}  # the snapshot stream being received: chunks by seq
+        self._shipping: set[int] = set()  # peers a snapshot is being streamed to
+        self._tasks = Tasks(f"replica {replica_id}", on_fatal)
+        self._rewriting = False
+
+    def _persist_now(self, store: Store, record) -> None:
+        """Apply and durably persist one record before the core exists (recovery only)."""
+        store.apply(record)
+        self.wal.wait_durable(self.wal.append(0, _WAL_TYPES[type(record)], encode(record)))
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks.spawn(self._tick_forever())
+        self._schedule_flush()
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all()
+        self._fail_waiters()
+        self.wal.close()
+        self.tree.close()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            self.core.tick(self.clock())
+            self._flush()
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def step(self, m) -> None:
+        if type(m) is SnapshotChunk:
+            self._on_snapshot_chunk(m)
+        else:
+            self.core.step(m, self.clock())
+        self._schedule_flush()
+
+    async def put(self, data: bytes) -> int:
+        """Replicate one command (an encoded write batch); returns its slot once it is
+        committed, durable on a quorum and applied here. NotLeader or Busy to retry."""
+        slot = self.core.propose(data, self.clock())
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[slot] = (future, data)
+        self._schedule_flush()
+        return await future
+
+    async def read_barrier(self) -> None:
+        """Return once this replica may serve a strongly consistent read: it leads under a
+        valid lease and has applied everything committed when the read arrived."""
+        index = self.core.read(self.clock())
+        if self.applied < index:
+            future = asyncio.get_running_loop().create_future()
+            self._reads.append((index, future))
+            await future
+
+    # --- the Ready pipeline -------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        rd = self.core.ready()
+        if self.core.role != LEADER and self._waiting:
+            self._fail_waiters()
+        if not (rd.persist or rd.messages or rd.committed or rd.snapshots):
+            return
+        if rd.persist:
+            self._target_lsn = self.wal.append_many([(0, _WAL_TYPES[type(r)], encode(r)) for r in rd.persist])
+        if not self._pending and self._target_lsn <= self.wal.durable_lsn:
+            self._handle(rd)
+            return
+        self._pending.append((self._target_lsn, rd))
+        if self._drainer is None:
+            self._drainer = self._tasks.spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                lsn, rd = self._pending[0]
+                await self.wal.durable(lsn)
+                self._pending.popleft()
+                self._handle(rd)
+        finally:
+            self._drainer = None
+
+    def _handle(self, rd) -> None:
+        for m in rd.messages:
+            self.send(m)
+        for e in rd.committed:
+            self._apply(e)
+        for peer, _meta in rd.snapshots:
+            if peer not in self._shipping:
+                self._shipping.add(peer)
+                self._tasks.spawn(self._ship_snapshot(peer))
+        if self._reads:
+            ready = [f for index, f in self._reads if index <= self.applied]
+            self._reads = [(index, f) for index, f in self._reads if index > self.applied]
+            for future in ready:
+                if not future.done():
+                    future.set_result(None)
+        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
+            self._checkpoint()
+
+    def _apply(self, e) -> None:
+        if e.slot <= self.applied:
+            return  # covered by a snapshot installed while this Ready waited for the disk
+        assert e.slot == self.applied + 1, (self.id, e.slot, self.applied)
+        if e.kind == COMMAND:
+            self.tree.write_batch(decode_batch(e.data))
+        self.applied = e.slot
+        waiter = self._waiting.pop(e.slot, None)
+        if waiter is not None:
+            future, data = waiter
+            if future.done():
+                return
+            if e.kind == COMMAND and e.data == data:
+                future.set_result(e.slot)
+            else:
+                future.set_exception(NotLeader(self.id, self.core.leader))
+
+    def _fail_waiters(self) -> None:
+        """Proposals whose leader stepped down: they may still commit (under a new leader), so
+        the caller learns only to retry, which is safe for idempotent writes."""
+        waiting, self._waiting = self._waiting, {}
+        reads, self._reads = self._reads, []
+        for future in [f for f, _ in waiting.values()] + [f for _, f in reads]:
+            if not future.done():
+                future.set_exception(NotLeader(self.id, self.core.leader))
+
+    # --- checkpoints and the log's size -------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        self.tree.checkpoint(self.applied)
+        self.stats["checkpoints"] += 1
+        index = self.applied - self.log_keep_entries
+        if index > self.core.store.snap.index and not self._rewriting:
+            self.core.compact(index)
+            self._rewriting = True
+            self._tasks.spawn(self._rewrite_log())
+
+    async def _rewrite_log(self) -> None:
+        """Write the whole log state as one WAL_BASE record, then drop the segments before it."""
+        try:
+            self._flush()  # the store now equals what the WAL's records replay to
+            store = self.core.store
+            frames = [encode(store.snap)]
+            if store.entries:
+                frames.append(encode(Entries(tuple(store.entries))))
+            frames.append(encode(HardState(store.promised, store.commit)))
+            lsn = self.wal.append(0, WAL_BASE, b"".join(frames))
+            await self.wal.durable(lsn)
+            self.wal.drop_before(lsn)
+            self.stats["log_rewrites"] += 1
+        finally:
+            self._rewriting = False
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    async def _ship_snapshot(self, peer: int) -> None:
+        try:
+            index = self.applied
+            if index > self.tree.checkpoint_lsn:
+                self.tree.checkpoint(index)
+            store = self.core.store
+            meta = SnapshotMeta(index, store.ballot_at(index), self.core.members_at(index))
+            log.info("replica %d ships its snapshot at slot %d to %d", self.id, index, peer)
+            with self.tree.snapshot() as items:
+                chunks = snapshot_chunks(items, index, SNAPSHOT_CHUNK_BYTES)
+                chunk = next(chunks)
+                seq = 0
+                for following in chunks:
+                    self.send(SnapshotChunk(self.group, self.id, peer, store.promised, meta, seq, False, chunk))
+                    chunk, seq = following, seq + 1
+                    await asyncio.sleep(0)  # let the loop serve others between chunks
+                self.send(SnapshotChunk(self.group, self.id, peer, store.promised, meta, seq, True, chunk))
+            self.stats["snapshots_sent"] += 1
+        finally:
+            self._shipping.discard(peer)
+
+    def _on_snapshot_chunk(self, m: SnapshotChunk) -> None:
+        """Gather one stream's chunks by seq (a stream from another sender or of another
+        position replaces it); install when all of them are in."""
+        if self._snap_in.get("stream") != (m.src, m.meta):
+            self._snap_in = {"stream": (m.src, m.meta), "chunks": {}}
+        chunks = self._snap_in["chunks"]
+        chunks[m.seq] = m.data
+        if m.last:
+            self._snap_in["count"] = m.seq + 1
+        count = self._snap_in.get("count")
+        if count is None or len(chunks) != count:
+            return
+        self._snap_in = {}
+        if m.meta.index > self.core.commit:
+            if self._shipping:
+                return  # our own tree is being streamed (we led until lately); the sender retries
+            try:
+                self._install([chunks[i] for i in range(count)], m.meta)
+            except CorruptionError as exc:
+                self.stats["snapshot_chunks_corrupt"] += 1
+                log.warning("replica %d refused a snapshot from %d: %s", self.id, m.src, exc)
+                return
+        self.core.install_snapshot(m, self.clock())
+
+    def _install(self, chunks: list[bytes], meta: SnapshotMeta) -> None:
+        path = self._tree_path + ".install"
+        if os.path.exists(path):
+            os.unlink(path)
+        tree = BTree(path, backend=self._backend)
+        try:
+            items = verified_items(chunks)
+            lsn = next(items)
+            if lsn != meta.index:
+                raise CorruptionError(f"snapshot chunks hold slot {lsn}, the stream says {meta.index}", path)
+            tree.bulk_load(items)
+            tree.checkpoint(lsn)
+        except BaseException:
+            tree.close()
+            os.unlink(path)
+            raise
+        tree.close()
+        _write_durably(self._meta_path, encode(meta))
+        self.tree.close()
+        os.replace(path, self._tree_path)
+        _fsync_dir(self.directory)
+        self.tree = BTree(self._tree_path, backend=self._backend)
+        self.applied = meta.index
+        self.stats["snapshots_installed"] += 1
+        log.info("replica %d installed a snapshot at slot %d", self.id, meta.index)
+
+    # --- what operators and tests look at --------------------------------------------------------
+
+    def status(self) -> dict:
+        core, store = self.core, self.core.store
+        return {
+            "id": self.id, "role": core.role, "leader": core.leader,
+            "ballot": list(core.ballot) if core.ballot else None, "promised": list(store.promised),
+            "commit": store.commit, "applied": self.applied, "first_slot": store.first_slot,
+            "last_slot": store.last_slot, "snapshot_index": store.snap.index,
+            "lease_valid": core.lease_valid(self.clock()), "members": [list(m) for m in core.members],
+            "checkpoint": self.tree.checkpoint_lsn, "wal_first_lsn": self.wal.first_lsn,
+            "wal_last_lsn": self.wal.last_lsn, **self.stats,
+        }
+

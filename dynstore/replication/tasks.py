@@ -1,0 +1,42 @@
+"""The background tasks of one replication component (a transport, a replica shell).
+
+A task that ends with an exception met a programmer error or a failing disk: the
+component cannot go on safely, so the failure is logged and handed to ``on_fatal``
+(the process stops; restart recovers from the log) instead of vanishing with the task.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class Tasks:
+    def __init__(self, name: str, on_fatal=None):
+        self.name = name
+        self.on_fatal = on_fatal
+        self.failure: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.critical("%s stopped by %r", self.name, exc, exc_info=exc)
+        self.failure = exc
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

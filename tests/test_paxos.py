@@ -1,0 +1,217 @@
+"""The Multi-Paxos core, scenario by scenario, and its wire and record formats.
+
+Scenarios run a three-replica group (storage 0 and 1, log replica 2) on the explorer's
+exact clocks: explore.settle delivers every message in order and ticks when idle.
+"""
+import random
+
+import pytest
+
+from dynstore.replication import explore
+from dynstore.replication.errors import Busy, FrameError, NotLeader
+from dynstore.replication.explore import collect, initial, settle
+from dynstore.replication.messages import (LOG, MEMBERS, STORAGE, ZERO_BALLOT, Accept, Accepted, Ballot,
+                                           Entries, Entry, HardState, PreVote, PreVoteReply, Prepare,
+                                           Promise, SnapshotChunk, SnapshotMeta, decode, encode)
+from dynstore.replication.paxos import LEADER, Paxos, Store
+
+E = (Entry(3, Ballot(2, 1), 1, b"cmd"), Entry(4, Ballot(2, 1), MEMBERS, b"\x00\x00"))
+META = SnapshotMeta(7, Ballot(1, 0), ((0, STORAGE), (2, LOG)))
+EXAMPLES = [
+    PreVote(5, 1, 2, Ballot(3, 1), 9),
+    PreVoteReply(5, 2, 1, Ballot(3, 1), True),
+    Prepare(5, 1, 2, Ballot(3, 1), 10),
+    Promise(5, 2, 1, Ballot(3, 1), Ballot(3, 1), 9, 4, E),
+    Accept(5, 1, 2, Ballot(3, 1), 2, Ballot(1, 0), 2, 12.5, E),
+    Accepted(5, 2, 1, Ballot(3, 1), Ballot(4, 0), False, 7, 12.5),
+    SnapshotChunk(5, 1, 2, Ballot(3, 1), META, 0, True, b"zstd bytes"),
+    HardState(Ballot(3, 1), 9),
+    Entries(E),
+    META,
+]
+
+
+@pytest.mark.parametrize("obj", EXAMPLES, ids=lambda o: type(o).__name__)
+def test_every_message_and_record_round_trips(obj):
+    assert decode(encode(obj)) == obj
+
+
+def test_damaged_frames_are_refused():
+    frame = encode(EXAMPLES[4])
+    rng = random.Random(1)
+    for _ in range(200):
+        b = bytearray(frame)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        with pytest.raises(FrameError):
+            decode(bytes(b))
+    with pytest.raises(FrameError):
+        decode(frame[:-1])
+
+
+def test_unknown_protocol_version_is_refused():
+    import struct
+
+    import crc32c
+    body = bytearray(encode(EXAMPLES[0])[8:])
+    body[0] = 99
+    with pytest.raises(FrameError, match="version 99"):
+        decode(struct.pack("<II", len(body), crc32c.crc32c(bytes(body))) + bytes(body))
+
+
+def _leader(w):
+    leaders = [r for r, c in w.cores.items() if c.role == LEADER]
+    assert len(leaders) == 1, {r: c.role for r, c in w.cores.items()}
+    return leaders[0]
+
+
+def _elected():
+    return settle(initial(), 6)
+
+
+def test_a_storage_replica_is_elected_and_commits():
+    w = _elected()
+    leader = _leader(w)
+    assert leader in (0, 1)  # never the log replica
+    slot = w.cores[leader].propose(b"x", float(w.clock))
+    collect(w, leader)
+    settle(w, w.clock + 2)
+    for core in w.cores.values():
+        assert core.commit >= slot and core.store.entry(slot).data == b"x"
+
+
+def test_strong_reads_need_the_leader_and_its_lease():
+    w = _elected()
+    leader = _leader(w)
+    follower = 1 - leader
+    assert w.cores[leader].read(float(w.clock)) == w.cores[leader].commit
+    with pytest.raises(NotLeader) as exc:
+        w.cores[follower].read(float(w.clock))
+    assert exc.value.leader == leader
+    with pytest.raises(NotLeader):
+        w.cores[follower].propose(b"x", float(w.clock))
+    # Cut off, the leader keeps its lease only while a majority's last acknowledgement allows.
+    settle(w, w.clock + 2, cut=leader)
+    with pytest.raises(NotLeader):
+        w.cores[leader].read(float(w.clock))
+
+
+def test_new_leader_only_after_old_lease_ran_out():
+    w = _elected()
+    old = _leader(w)
+    lease_end = w.cores[old]._quorum_ack(float(w.clock)) + w.cores[old].timing.lease
+    while w.clock < 20:
+        settle(w, w.clock + 1, cut=old)
+        for r, core in w.cores.items():
+            if r != old and core.role == LEADER:
+                assert w.clock >= lease_end
+                assert not w.cores[old].lease_valid(float(w.clock))
+    assert w.cores[1 - old].role == LEADER
+
+
+def test_an_isolated_replica_does_not_disturb_the_group():
+    w = _elected()
+    leader = _leader(w)
+    follower = 1 - leader
+    ballot = w.cores[leader].ballot
+    rounds = w.cores[follower].store.promised.round
+    settle(w, w.clock + 20, cut=follower)
+    assert w.cores[follower].store.promised.round == rounds  # pre-vote never succeeded
+    settle(w, w.clock + 3)
+    assert w.cores[leader].role == LEADER and w.cores[leader].ballot == ballot
+
+
+def test_a_log_replica_never_campaigns():
+    w = _elected()
+    log = w.cores[2]
+    rounds = log.store.promised.round
+    for _ in range(20):  # both storage replicas are gone: the log replica waits, it never leads
+        w.clock += 1
+        log.tick(float(w.clock))
+        assert not log.ready().messages
+    assert log.role == "follower" and log.store.promised.round == rounds
+
+
+def test_membership_changes_one_at_a_time_through_the_log():
+    w = _elected()
+    leader = _leader(w)
+    core = w.cores[leader]
+    now = float(w.clock)
+    with pytest.raises(ValueError):
+        core.propose_members(((0, STORAGE), (1, STORAGE), (3, LOG), (4, LOG)), now)  # two at once
+    slot = core.propose_members(((0, STORAGE), (1, STORAGE)), now)  # remove the log replica
+    with pytest.raises(Busy):
+        core.propose_members(((0, STORAGE), (1, STORAGE), (2, LOG)), now)
+    collect(w, leader)
+    settle(w, w.clock + 2)
+    assert core.commit >= slot and core.members == ((0, STORAGE), (1, STORAGE))
+    assert w.cores[1 - leader].members == core.members
+    core.propose_members(((0, STORAGE), (1, STORAGE), (2, LOG)), float(w.clock))
+    collect(w, leader)
+    settle(w, w.clock + 2)
+    assert all(c.members == ((0, STORAGE), (1, STORAGE), (2, LOG)) for c in w.cores.values())
+
+
+def test_a_lagging_replica_gets_a_snapshot_when_its_log_is_gone():
+    w = _elected()
+    leader = _leader(w)
+    lagging = 1 - leader
+    core = w.cores[leader]
+    for i in range(5):
+        core.propose(b"v%d" % i, float(w.clock))
+        collect(w, leader)
+        settle(w, w.clock + 1, cut=lagging)
+    core.compact(core.applied)
+    w.clock += 1
+    now = float(w.clock)
+    core.tick(now)
+    # The heartbeat finds the gap; the answer shows the peer needs slots the log no longer has.
+    probe = next(m for m in core.ready().messages if m.dst == lagging)
+    w.cores[lagging].step(probe, now)
+    (refusal,) = w.cores[lagging].ready().messages
+    assert not refusal.ok and refusal.slot < core.store.snap.index
+    core.step(refusal, now)
+    rd = core.ready()
+    assert rd.snapshots == [(lagging, core.store.snap)]
+    # The shell ships its snapshot; the lagging replica's shell installs it and says so.
+    chunk = SnapshotChunk(0, leader, lagging, core.ballot, core.store.snap, 0, True, b"state")
+    w.cores[lagging].install_snapshot(chunk, float(w.clock))
+    assert w.cores[lagging].commit == core.store.snap.index
+    w.net = tuple(sorted(w.net + tuple(encode(m) for m in rd.messages)))
+    collect(w, lagging)
+    settle(w, w.clock + 2)
+    assert w.cores[lagging].commit == core.commit
+
+
+def test_recovery_from_persisted_records_rebuilds_the_same_state():
+    # Keep what each replica persisted from the start, in order, and replay it.
+    w = initial()
+    records = {r: [] for r in w.cores}
+    for _ in range(30):
+        if w.net:
+            m = decode(w.net[0])
+            w.net = w.net[1:]
+            w.cores[m.dst].step(m, float(w.clock))
+            rid = m.dst
+        else:
+            w.clock += 1
+            for rid, core in w.cores.items():
+                core.tick(float(w.clock))
+                rd = core.ready()
+                records[rid] += rd.persist
+                w.net = tuple(sorted(w.net + tuple(encode(x) for x in rd.messages)))
+            continue
+        rd = w.cores[rid].ready()
+        records[rid] += rd.persist
+        w.net = tuple(sorted(w.net + tuple(encode(x) for x in rd.messages)))
+    leader = _leader(w)
+    for rid, core in w.cores.items():
+        bootstrap = [SnapshotMeta(0, ZERO_BALLOT, explore.MEMBERS)]
+        store = Store.replay(bootstrap + [decode(encode(r)) for r in records[rid]])
+        assert store.entries == core.store.entries and store.promised == core.store.promised
+        assert store.commit == core.store.commit
+        # A restarted replica refuses any ballot for a full timeout: it forgot whom it backed.
+        restarted = Paxos(rid, store, now=float(w.clock), rng=explore.NoJitter(), timing=explore.TIMING)
+        restarted.step(Prepare(0, leader, rid, Ballot(99, leader), 1), float(w.clock) + 1)
+        reply = restarted.ready().messages[0]
+        assert reply.promised != Ballot(99, leader)
+    assert leader in (0, 1)
