@@ -286,8 +286,11 @@ def test_update_numbers():
         "Number overflow. Attempting to store a number with magnitude larger than supported range"
     assert error(update, "SET n = :a - :b", {":a": N("1.1E-130"), ":b": N("1E-130")}) == \
         "Number underflow. Attempting to store a number with magnitude smaller than supported range"
+    # A result needing more than 38 digits is an overflow to DynamoDB, in range or not.
     assert error(update, "SET n = :a + :b", {":a": N("1E+40"), ":b": N("1")}) == \
-        "Attempting to store more than 38 significant digits in a Number"
+        "Number overflow. Attempting to store a number with magnitude larger than supported range"
+    assert error(update, "ADD n :v", {":v": N("1E+50")}) == \
+        "Number overflow. Attempting to store a number with magnitude larger than supported range"
 
 
 @pytest.mark.parametrize("text,values,message", [

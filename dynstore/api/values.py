@@ -178,6 +178,11 @@ def decimal_text(value: Decimal) -> str:
         return "0"
     adjusted = len(digits) - 1 + exponent
     significant = digits.rstrip("0")
+    if len(significant) > limits.NUMBER_DIGITS_MAX:
+        # DynamoDB reports a sum or difference that needs more than 38 digits as an
+        # overflow, even when its magnitude is in range (1e50 + 1); only a number sent
+        # in a request gets the significant-digits message.
+        raise ValidationException(_OVERFLOW)
     _check_range(significant, adjusted, False)
     return plain_number(bool(sign), significant, adjusted)
 
