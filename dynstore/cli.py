@@ -53,8 +53,11 @@ def main():
 @click.option("--zone", default="zone-a", show_default=True, help="This node's availability zone.")
 @click.option("--canary-interval", default=limits.CANARY_INTERVAL_S, show_default=True,
               type=click.FloatRange(min=0.01), help="Seconds between availability probes of each partition.")
+@click.option("--nodes", type=click.IntRange(1, 26), default=None,
+              help="Run a cluster of this many node processes (one per zone; every partition replicated on "
+                   "each node, so use 3) instead of one process; node 1 serves on --port.")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float):
+       canary_interval: float, nodes: int | None):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     try:
         credentials = Credentials.load(credentials_file)
@@ -65,7 +68,21 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
             f"listening on {host} needs configured credentials (the development pair is accepted from "
             f"this machine only): set DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY, or pass "
             f"--credentials-file")
+    if nodes is not None:
+        from dynstore.node.supervisor import cluster_configs, run_cluster
+        _echo_credentials(credentials)
+        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file), data_dir))
+        return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
+
+
+def _echo_credentials(credentials: Credentials) -> None:
+    if credentials.configured:
+        click.echo("credentials: the configured access keys")
+    else:
+        click.echo(f"credentials (development, accepted from this machine only):\n"
+                   f"  aws_access_key_id     = {DEVELOPMENT_ACCESS_KEY_ID}\n"
+                   f"  aws_secret_access_key = {DEVELOPMENT_SECRET_ACCESS_KEY}")
 
 
 async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials, node_id: str,
@@ -91,12 +108,7 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
         click.echo(f"data directory: {data_dir}")
         click.echo(f"metrics (Prometheus): http://{endpoint_host}:{server.port}/metrics")
         click.echo(f"status: http://{endpoint_host}:{server.port}/status  (dynstore status)")
-        if credentials.configured:
-            click.echo("credentials: the configured access keys")
-        else:
-            click.echo(f"credentials (development, accepted from this machine only):\n"
-                       f"  aws_access_key_id     = {DEVELOPMENT_ACCESS_KEY_ID}\n"
-                       f"  aws_secret_access_key = {DEVELOPMENT_SECRET_ACCESS_KEY}")
+        _echo_credentials(credentials)
         click.echo("press Ctrl-C to stop")
         sys.stdout.flush()
         stop = asyncio.Event()

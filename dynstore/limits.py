@@ -285,3 +285,37 @@ CANARY_WINDOW_S = 300  # DynamoDB's SLA interval.
 CANARY_WINDOWS_KEPT = 24 * 3600 // CANARY_WINDOW_S  # a day of windows per partition, ~290 small lists.
 
 assert CANARY_PROBE_TIMEOUT_S < CANARY_WINDOW_S and CANARY_INTERVAL_S < CANARY_WINDOW_S
+
+# --- cluster nodes and request routing (dynstore/node/, dynstore/router/cluster.py) ------------
+
+# How often a node looks at its metadata replica for tables to open or remove. A new table's
+# group needs a quorum of replicas open before it elects a leader, so this adds directly to the
+# first write's latency after CreateTable; a poll of a ~256-entry tree costs microseconds.
+CATALOG_RECONCILE_INTERVAL_S = 0.02
+# How long a request waits for its partition to have a reachable leader (an election, a new
+# table's first election, a node restarting) before it answers ServiceUnavailable: an election
+# takes one to two election timeouts after the leader is missed, so four leaves room for a
+# second round of it.
+FORWARD_WAIT_S = 4 * ELECTION_TIMEOUT_S
+# Between looks at the leader hint while waiting: a tenth of a heartbeat interval would spin;
+# half of one finds a new leader soon after its first heartbeat.
+FORWARD_POLL_S = HEARTBEAT_INTERVAL_S / 2
+# A forwarded request goes to the leader a node believes in; a stale hint moves it once more,
+# and the metadata leader may route it on to the table's leader: three hops cover a hint gone
+# stale on the way, and a loop of stale hints ends here instead of going round.
+FORWARD_HOPS_MAX = 4
+# A forwarded request not answered this long is reported as an InternalServerError (outcome
+# unknown): it is longer than a leader takes to step down and fail its pending writes.
+FORWARD_TIMEOUT_S = 10 * ELECTION_TIMEOUT_S
+# A node process that exits is started again after a backoff doubling from the minimum to the
+# maximum; one that ran longer than the reset time starts again from the minimum. The maximum
+# keeps a node that crashes at start from spinning while still rejoining within seconds.
+NODE_RESTART_BACKOFF_MIN_S = 0.1
+NODE_RESTART_BACKOFF_MAX_S = 5.0
+NODE_RESTART_RESET_S = 30.0
+# How long `dynstore up --nodes N` waits for every node to serve its endpoint at start: opening
+# replays each replica's log, which takes seconds for a large one.
+NODE_START_TIMEOUT_S = 60.0
+
+assert FORWARD_POLL_S < HEARTBEAT_INTERVAL_S and FORWARD_WAIT_S < FORWARD_TIMEOUT_S
+assert NODE_RESTART_BACKOFF_MIN_S < NODE_RESTART_BACKOFF_MAX_S < NODE_RESTART_RESET_S

@@ -15,7 +15,7 @@ from dynstore.replication.messages import (LOG, MEMBERS, STORAGE, ZERO_BALLOT, A
                                            Promise, SnapshotChunk, SnapshotMeta, decode, encode)
 from dynstore.replication.paxos import LEADER, Paxos, Store
 
-E = (Entry(3, Ballot(2, 1), 1, b"cmd"), Entry(4, Ballot(2, 1), MEMBERS, b"\x00\x00"))
+E = (Entry(3, Ballot(2, 1), 1, b"cmd"), Entry(4, Ballot(2, 1), MEMBERS, bytes(4)))
 META = SnapshotMeta(7, Ballot(1, 0), ((0, STORAGE), (2, LOG)))
 EXAMPLES = [
     PreVote(5, 1, 2, Ballot(3, 1), 9),

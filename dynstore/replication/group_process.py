@@ -76,6 +76,27 @@ def write_frame(writer: asyncio.StreamWriter, obj: dict) -> None:
     writer.write(_LEN.pack(len(body)) + body)
 
 
+async def serve_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer, *,
+                       cancel_on_close: bool) -> None:
+    """Serve one connection: each request frame runs ``answer(request, writer)`` as its own task,
+    so many are in flight. When the connection ends, the tasks still running are cancelled, or
+    with ``cancel_on_close`` False left to finish (their answers are dropped)."""
+    tasks: set[asyncio.Task] = set()
+    try:
+        while True:
+            request = await read_frame(reader)
+            task = asyncio.ensure_future(answer(request, writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        if cancel_on_close:
+            for task in tasks:
+                task.cancel()
+        writer.close()
+
+
 class GroupProcess:
     def __init__(self, args):
         self.args = args
@@ -115,19 +136,7 @@ class GroupProcess:
         return 70 if self.failure is not None else 0
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks = set()
-        try:
-            while True:
-                request = await read_frame(reader)
-                task = asyncio.ensure_future(self._answer(request, writer))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            writer.close()
+        await serve_frames(reader, writer, self._answer, cancel_on_close=True)
 
     async def _answer(self, request: dict, writer: asyncio.StreamWriter) -> None:
         try:
@@ -176,7 +185,14 @@ class GroupClient:
     async def connect(cls, port: int, host: str = "127.0.0.1") -> GroupClient:
         return cls(*await asyncio.open_connection(host, port))
 
+    @property
+    def closed(self) -> bool:
+        """The connection is gone: no call made now would be answered."""
+        return self._task.done()
+
     async def call(self, op: str, **fields) -> dict:
+        if self.closed:
+            raise ConnectionError("group process connection closed")
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future

@@ -9,6 +9,7 @@ Wire format (little-endian, no padding). A *frame* is::
     body = u8 version | u8 type | u64 group | u32 src | u32 dst | ballot | fields of the type
     ballot = u64 round | u32 replica
     entry  = u64 slot | ballot | u8 kind | u32 len | data
+             (data of a MEMBERS entry: members it changes | new members)
     members = u16 count | count * (u32 replica | u8 role)
     meta   = u64 index | ballot | members            (a snapshot's position and membership)
 
@@ -47,7 +48,7 @@ LOG = 2
 # Kinds of log entry.
 NOOP = 0  # fills a slot a new leader found empty, or opens its ballot
 COMMAND = 1  # opaque bytes for the state machine
-MEMBERS = 2  # the group's new membership (encoded members), effective once in the log
+MEMBERS = 2  # a membership change (encode_change), effective once in the log
 
 
 class Ballot(NamedTuple):
@@ -268,12 +269,18 @@ class _Reader:
         return tuple(entries)
 
 
-def decode_members(data: bytes) -> Members:
+def encode_change(old: Members, new: Members) -> bytes:
+    """A MEMBERS entry: the membership it changes, then the new one."""
+    return encode_members(old) + encode_members(new)
+
+
+def decode_change(data: bytes) -> tuple[Members, Members]:
     reader = _Reader(data, 0)
+    base = reader.members()
     members = reader.members()
     if reader.pos != len(data):
         raise FrameError("trailing bytes after a membership")
-    return members
+    return base, members
 
 
 def _body(obj) -> bytes:

@@ -44,12 +44,16 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   election timeout passes without a majority. Strongly consistent reads need a valid
   lease and a committed entry of the leader's own ballot (``read``).
 - Membership: one change at a time (one voter added or removed) through a MEMBERS
-  entry, in force as soon as it is in the log (every quorum is a majority of the
+  entry naming the membership it changes (void if that is no longer the one in force
+  where it lands), in force as soon as it is in the log (every quorum is a majority of the
   latest membership a replica holds), proposed only after the leader committed in its
   own ballot. Majorities of two memberships one change apart always intersect, so a
   candidate with an older membership still meets a replica that holds the newer one
   and learns it in phase 1. A leader that removed itself steps down once the change
-  commits. Log replicas vote and count in quorums but never campaign.
+  commits. Log replicas vote and count in quorums but never campaign. Every replica,
+  also one added later, starts from the group's founding membership at slot 0
+  (Store.replay([SnapshotMeta(0, ZERO_BALLOT, founding)])), so all read the changes in
+  the log alike; one that joins campaigns only once the change adding it reaches it.
 - Catch-up: every heartbeat is an Accept from the peer's next slot; a peer that lost
   some refuses it (a gap before it) and names what it has, and the leader resends from
   there. If those entries are compacted away, the leader asks the shell to ship its
@@ -70,7 +74,7 @@ from dynstore.replication.errors import Busy, NotLeader
 from dynstore.replication.messages import (COMMAND, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
                                            Accepted, Ballot, Entries, Entry, HardState, Members,
                                            PreVote, PreVoteReply, Prepare, Promise, SnapshotChunk, SnapshotMeta,
-                                           decode_members, encode_members)
+                                           decode_change, encode_change)
 
 FOLLOWER = "follower"
 PRECANDIDATE = "precandidate"
@@ -173,6 +177,21 @@ def _role(replica: int, members: Members) -> int | None:
         if r == replica:
             return role
     return None
+
+
+def _chain(configs: list, entries) -> list:
+    """Extend configs, [(slot, members)], with the membership changes among entries, in order.
+
+    A change names the membership it was made from. One that no longer follows the membership
+    in force at its slot is void: a later leader may re-propose an old leader's uncommitted
+    change after newer ones, and applying it would undo them (and step over one change at a time).
+    """
+    for e in entries:
+        if e.kind == MEMBERS:
+            old, members = decode_change(e.data)
+            if old == configs[-1][1]:
+                configs.append((e.slot, members))
+    return configs
 
 
 def _majority(members: Members, yes) -> bool:
@@ -296,7 +315,8 @@ class Paxos:
             raise ValueError(f"a change adds or removes exactly one replica: {self.members} -> {members}")
         if not any(role == STORAGE for role in new.values()):
             raise ValueError("a group needs a storage replica to lead it")
-        self._change_slot = self._append_new(MEMBERS, encode_members(tuple(sorted(new.items()))))
+        change = encode_change(self.members, tuple(sorted(new.items())))
+        self._change_slot = self._append_new(MEMBERS, change)
         return self._change_slot
 
     def read(self, now: float) -> int:
@@ -454,8 +474,8 @@ class Paxos:
             return
         self._promises[m.src] = m
         merged = self._merge()
-        members = next((decode_members(e.data) for e in reversed(merged) if e.kind == MEMBERS),
-                       self.members_at(self.store.commit))
+        base = next((s, m) for s, m in reversed(self._configs) if s <= self.store.commit)
+        members = _chain([base], merged)[-1][1]
         for peer in set(_ids(members)) - self._asked - {self.id}:
             self._asked.add(peer)
             self._send(Prepare(self.group, self.id, peer, self.ballot, self._from_slot))
@@ -485,7 +505,7 @@ class Paxos:
         self._start_slot = self._from_slot + len(merged)
         entries = tuple(Entry(e.slot, b, e.kind, e.data) for e in merged)
         self._append(entries + (Entry(self._start_slot, b, NOOP, b""),))
-        self._change_slot = max((e.slot for e in entries if e.kind == MEMBERS), default=0)
+        self._change_slot = self._configs[-1][0] if self._configs[-1][0] > self.store.commit else 0
         self._progress = {peer: _Progress(self._from_slot) for peer in self._peers()}
         self._acked = {}
         self._leader_since = now
@@ -636,12 +656,11 @@ class Paxos:
         first = entries[0].slot
         while self._configs[-1][0] >= first:
             self._configs.pop()
-        self._configs.extend((e.slot, decode_members(e.data)) for e in entries if e.kind == MEMBERS)
+        _chain(self._configs, entries)
         if self.role == LEADER:
             for peer in self._peers():
                 self._progress_of(peer)
 
     def _rebuild_configs(self) -> None:
         store = self.store
-        self._configs = [(store.snap.index, store.snap.members)]
-        self._configs.extend((e.slot, decode_members(e.data)) for e in store.entries if e.kind == MEMBERS)
+        self._configs = _chain([(store.snap.index, store.snap.members)], store.entries)

@@ -30,7 +30,8 @@ What is simulated:
 Checked after every step: at most one replica holds a valid lease at that instant; a
 committed slot never changes and every replica's committed prefix is the same.
 At the end, after healing everything and a quiet period: every member has the same
-commit index and every storage member the same applied state; the client history is
+commit index and every storage member the same applied state, the replay of every slot
+ever seen committed (so no committed write was lost); the client history is
 linearizable (linearizability.check) and every eventually consistent read returned a
 value its key really had.
 """
@@ -147,9 +148,8 @@ class Node:
         self.id = rid
         self.log_only = role == LOG  # a log replica's shell keeps no state machine
         self.disk = SimDisk()
-        if members:
-            self.disk.frames.append(encode(SnapshotMeta(0, ZERO_BALLOT, members)))
-            self.disk.synced = 1
+        self.disk.frames.append(encode(SnapshotMeta(0, ZERO_BALLOT, members)))
+        self.disk.synced = 1
         self.incarnation = 0
         self.alive = False
         self.failed = False  # its disk is corrupt: it never comes back
@@ -364,6 +364,7 @@ class Sim:
         self.next_req = 1
         members = tuple([(i, STORAGE) for i in range(replicas)]
                         + [(replicas + i, LOG) for i in range(log_replicas)])
+        self.founding = members  # every replica, joining later or not, starts from it
         self.nodes: dict[int, Node] = {}
         for rid, role in members:
             self.nodes[rid] = Node(self, rid, role, members)
@@ -501,6 +502,11 @@ class Sim:
                 op, _, key, value = _parse_command(data)
                 kv[key] = value if op == _PUT else kv.get(key, "") + value
                 values[key].add(kv[key])
+        final = _kv_bytes(kv)
+        for node in self.nodes.values():
+            if node.alive and not node.log_only and node.applied == max(self.chosen, default=0):
+                if _kv_bytes(node.kv) != final:
+                    self.fail(f"replica {node.id}'s state is not the replay of the committed log")
         for key, value in self.eventual:
             if value not in values[key]:
                 self.fail(f"an eventually consistent read of {key!r} returned {value!r}, never its value")
@@ -611,8 +617,13 @@ class Sim:
         self.after(0.0, ("operator",))
 
     def committed_members(self):
-        leaders = [n for n in self.nodes.values() if n.alive and n.core.role == LEADER]
-        return leaders[0].core.members_at(leaders[0].core.commit) if leaders else None
+        """The newest committed membership any live replica knows (None while no one leads).
+
+        Not simply the leader's: a deposed leader that has not noticed yet knows an older one."""
+        if not any(n.alive and n.core.role == LEADER for n in self.nodes.values()):
+            return None
+        newest = max((n for n in self.nodes.values() if n.alive), key=lambda n: n.core.commit)
+        return newest.core.members_at(newest.core.commit)
 
     def operate(self) -> None:
         """Drive the plan one membership change at a time, retrying until each is committed."""
@@ -632,7 +643,7 @@ class Sim:
             leader = next(n for n in self.nodes.values() if n.alive and n.core.role == LEADER)
             if action == "add":
                 if rid not in self.nodes:
-                    self.nodes[rid] = Node(self, rid, role, ())
+                    self.nodes[rid] = Node(self, rid, role, self.founding)
                 current[rid] = role
             else:
                 del current[rid]

@@ -8,6 +8,9 @@ accepts; both send and receive on it. A dialer opens with a hello::
 
 and the acceptor closes a connection whose hello is damaged, of another group or from a
 replica outside the configured peers. A newer connection from a peer replaces an older one.
+A process holding replicas of many groups listens on one port for all of them
+(``Listener``): it reads the hello and hands the link to that group's Transport, so there
+is still one connection per pair of replicas of a group, all on the process's one port.
 
 Frames. After the hello each side writes messages as messages.encode frames (u32 length,
 u32 crc32c, body with the protocol version). A frame whose checksum, version or body is
@@ -61,6 +64,46 @@ def parse_hello(data: bytes) -> tuple[int, int]:
     if version != PROTOCOL_VERSION:
         raise FrameError(f"hello of protocol version {version}, this replica speaks {PROTOCOL_VERSION}")
     return group, replica
+
+
+async def read_hello(reader: asyncio.StreamReader) -> tuple[int, int]:
+    """(group, replica) of the hello a dialling peer opens its link with."""
+    return parse_hello(await asyncio.wait_for(reader.readexactly(_HELLO.size), CONNECT_TIMEOUT_S))
+
+
+class Listener:
+    """One listening port for the transports of every group of a process: each accepted link
+    goes to the Transport registered for the group its hello names. A link for a group not
+    (yet) registered here is closed; its dialler retries with backoff, so a group created on
+    one node links up once the other nodes have opened their replicas of it."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.transports: dict[int, Transport] = {}  # group -> the transport of this process's replica
+        self.refused = 0  # links for groups not open here
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accepted, self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            group, peer = await read_hello(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, FrameError) as exc:
+            log.warning("refused a replication connection: %s", exc)
+            writer.close()
+            return
+        transport = self.transports.get(group)
+        if transport is None:
+            self.refused += 1
+            writer.close()
+            return
+        transport.adopt(group, peer, reader, writer)
 
 
 class Faults:
@@ -132,9 +175,14 @@ class Transport:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         host, port = self.peers[self.id]
         self._server = await asyncio.start_server(self._accepted, host, port)
+        self.dial()
+
+    def dial(self) -> None:
+        """Begin linking to the peers without a listening socket of this transport's own:
+        the process's ``Listener`` hands it the links its peers dial (see ``adopt``)."""
+        self._loop = asyncio.get_running_loop()
         for peer in self.peers:
             if peer > self.id:
                 self._tasks.spawn(self._dial_forever(peer))
@@ -198,16 +246,23 @@ class Transport:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            data = await asyncio.wait_for(reader.readexactly(_HELLO.size), CONNECT_TIMEOUT_S)
-            group, peer = parse_hello(data)
-            if group != self.group or peer not in self.peers or peer == self.id:
-                raise FrameError(f"hello from replica {peer} of group {group}, not a peer of this group")
+            group, peer = await read_hello(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, FrameError) as exc:
-            self.stats["bad_hello"] += 1
-            log.warning("replica %d refused a connection: %s", self.id, exc)
-            writer.close()
+            self._refuse(writer, exc)
+            return
+        self.adopt(group, peer, reader, writer)
+
+    def adopt(self, group: int, peer: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve a link a peer dialled, whose hello said (group, peer)."""
+        if group != self.group or peer not in self.peers or peer == self.id:
+            self._refuse(writer, FrameError(f"hello from replica {peer} of group {group}, not a peer of this group"))
             return
         self._tasks.spawn(self._serve_link(peer, reader, writer))
+
+    def _refuse(self, writer: asyncio.StreamWriter, exc: Exception) -> None:
+        self.stats["bad_hello"] += 1
+        log.warning("replica %d refused a connection: %s", self.id, exc)
+        writer.close()
 
     async def _serve_link(self, peer: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         old = self._writers.get(peer)

@@ -1,0 +1,79 @@
+"""A node's configuration: who it is, where it keeps its data, and every node of the cluster.
+
+``node.toml`` (read with tomllib; ``NodeConfig.dump`` writes it)::
+
+    node_id = 1                           # this node; a key of [[nodes]]
+    data_dir = "/var/lib/dynstore/node-1" # this node's replicas (router/cluster.py)
+    region = "us-east-1"                  # the region the endpoint reports
+    credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
+
+    [[nodes]]                             # one table per node, the same list on every node
+    id = 1
+    zone = "zone-a"
+    endpoint = "127.0.0.1:8000"           # the DynamoDB endpoint (HTTP)
+    peer = "127.0.0.1:7001"               # replication links of every group (one port, transport.Listener)
+    forward = "127.0.0.1:7101"            # requests forwarded to this node's leaders (node/routing.py)
+
+Node ids are the replica ids of every replication group, so they must never be reused for a
+different node's data. Addresses may change between runs: groups know their members by id.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    id: int
+    zone: str
+    endpoint: tuple[str, int]
+    peer: tuple[str, int]
+    forward: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    data_dir: str
+    nodes: tuple[NodeAddress, ...]
+    region: str = "us-east-1"
+    credentials_file: str = ""
+
+    def __post_init__(self):
+        ids = [n.id for n in self.nodes]
+        if len(set(ids)) != len(ids) or self.node_id not in ids:
+            raise ValueError(f"node ids {ids} must be distinct and include node_id {self.node_id}")
+
+    @property
+    def me(self) -> NodeAddress:
+        return next(n for n in self.nodes if n.id == self.node_id)
+
+    @classmethod
+    def load(cls, path: str) -> "NodeConfig":
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
+                                  _address(n["forward"])) for n in doc["nodes"])
+        return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
+                   doc.get("credentials_file", ""))
+
+    def dump(self) -> str:
+        q = json.dumps  # a JSON string is a TOML basic string
+        lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
+                 f"credentials_file = {q(self.credentials_file)}"]
+        for n in self.nodes:
+            lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
+                      f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,166 @@
+"""``dynstore up --nodes N``: a cluster of N node processes on this machine, kept running.
+
+Each node is a child process (``python -m dynstore.node.main --config``) in zone
+zone-a, zone-b, zone-c, ... in turn, with its files under ``<data-dir>/node-<id>/``::
+
+    node.toml     its configuration (node/config.py), written at every start
+    data/         its replicas (router/cluster.py)
+    node.log      its output, appended
+
+Node 1 serves the DynamoDB endpoint on --port; node i on --port + i - 1 when that port is
+free, otherwise on a free port; the endpoints are printed once every node serves. Peer and
+forward ports are picked free at each start (groups know their members by node id, so they
+may change between runs).
+
+A node that exits while the cluster runs is started again after a backoff
+(NODE_RESTART_BACKOFF_*): its replicas recover from their logs and catch up from the
+others. Each child asks the kernel to kill it when the supervisor dies (PR_SET_PDEATHSIG),
+so a kill -9 of ``dynstore up`` leaves no node behind holding the ports and files.
+SIGINT or SIGTERM stop the nodes (SIGTERM each, then wait) and then the supervisor.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+import click
+
+from dynstore.limits import (NODE_RESTART_BACKOFF_MAX_S, NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S,
+                             NODE_START_TIMEOUT_S)
+from dynstore.node.config import NodeAddress, NodeConfig
+from dynstore.replication.group_process import free_ports
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_or_any(host: str, port: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str,
+                    credentials_file: str | None) -> list[NodeConfig]:
+    data_dir = os.path.abspath(data_dir)
+    spare = free_ports(2 * nodes)
+
+    def endpoint_port(i: int) -> int:
+        if port == 0:
+            return _free_or_any(host, 0)
+        return port if i == 1 else _free_or_any(host, port + i - 1)
+
+    addresses = tuple(
+        NodeAddress(i, f"zone-{chr(ord('a') + (i - 1) % 26)}", (host, endpoint_port(i)),
+                    ("127.0.0.1", spare[2 * (i - 1)]), ("127.0.0.1", spare[2 * (i - 1) + 1]))
+        for i in range(1, nodes + 1))
+    return [NodeConfig(n.id, os.path.join(data_dir, f"node-{n.id}", "data"), addresses, region,
+                       os.path.abspath(credentials_file) if credentials_file else "") for n in addresses]
+
+
+class Supervisor:
+    def __init__(self, configs: list[NodeConfig], base_dir: str):
+        self.configs = configs
+        self.base_dir = os.path.abspath(base_dir)
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts: dict[int, int] = {c.node_id: 0 for c in configs}
+        self.stopping = False
+
+    def _node_dir(self, node_id: int) -> str:
+        return os.path.join(self.base_dir, f"node-{node_id}")
+
+    async def _spawn(self, config: NodeConfig) -> asyncio.subprocess.Process:
+        directory = self._node_dir(config.node_id)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "node.toml")
+        with open(path, "w") as f:
+            f.write(config.dump())
+        with open(os.path.join(directory, "node.log"), "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dynstore.node.main", "--config", path,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=_die_with_parent)
+        self.procs[config.node_id] = proc
+        return proc
+
+    async def _keep(self, config: NodeConfig) -> None:
+        """Run the node, and run it again each time it exits."""
+        backoff = NODE_RESTART_BACKOFF_MIN_S
+        while not self.stopping:
+            started = time.monotonic()
+            proc = await self._spawn(config)
+            code = await proc.wait()
+            if self.stopping:
+                return
+            if time.monotonic() - started > NODE_RESTART_RESET_S:
+                backoff = NODE_RESTART_BACKOFF_MIN_S
+            click.echo(f"node {config.node_id} exited with code {code}; starting it again in {backoff:.1f} s "
+                       f"(log: {os.path.join(self._node_dir(config.node_id), 'node.log')})", err=True)
+            self.restarts[config.node_id] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, NODE_RESTART_BACKOFF_MAX_S)
+
+    async def wait_serving(self) -> None:
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S
+        for config in self.configs:
+            host, port = config.me.endpoint
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise click.ClickException(
+                            f"node {config.node_id} did not serve http://{host}:{port} within "
+                            f"{NODE_START_TIMEOUT_S:.0f} s; see {self._node_dir(config.node_id)}/node.log") from None
+                    await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(proc.wait() for proc in self.procs.values()))
+
+
+async def run_cluster(configs: list[NodeConfig], base_dir: str) -> None:
+    supervisor = Supervisor(configs, base_dir)
+    keepers = [asyncio.ensure_future(supervisor._keep(c)) for c in configs]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        waiting = asyncio.ensure_future(supervisor.wait_serving())
+        await asyncio.wait([waiting, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            waiting.result()
+            for config in configs:
+                host, port = config.me.endpoint
+                click.echo(f"node {config.node_id} ({config.me.zone}) serves DynamoDB at http://{host}:{port}")
+            click.echo(f"dynstore is serving DynamoDB at http://{configs[0].me.endpoint[0]}:"
+                       f"{configs[0].me.endpoint[1]}  ({len(configs)} nodes, region {configs[0].region})")
+            click.echo(f"data directory: {os.path.abspath(base_dir)}")
+            click.echo("press Ctrl-C to stop")
+            sys.stdout.flush()
+            await stop.wait()
+        else:
+            waiting.cancel()
+    finally:
+        click.echo("stopping")
+        await supervisor.stop()
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+    click.echo("stopped")

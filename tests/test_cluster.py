@@ -1,0 +1,333 @@
+"""`dynstore up --nodes 3` as real processes: every node an endpoint, writes surviving kill -9.
+
+Each test starts the supervisor (three node processes, one replica of every partition and of
+the metadata partition on each) on free ports, talks to it with boto3 through every node's
+endpoint, and kills real processes with SIGKILL. Bounds stated here:
+
+- after the node leading a table is killed, a write begun after the kill is acknowledged
+  within WRITES_AGAIN_WITHIN_S (10 s);
+- no acknowledged write is lost: once the supervisor has restarted the node, all three
+  replicas hold every acknowledged write, and after a kill -9 of the whole process tree
+  and a new `dynstore up` on the same data directory every acknowledged write is read back.
+
+``--long`` kills the leading node four times in a row instead of once.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import boto3
+import orjson
+import pytest
+from botocore.config import Config
+
+from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
+from dynstore.replication.group_process import free_ports
+
+WRITES_AGAIN_WITHIN_S = 10.0
+_SERVES = re.compile(rb"node (\d+) \(zone-[a-z]\) serves DynamoDB at (http://\S+)")
+
+
+class Cluster:
+    """`dynstore up --nodes 3` on ``directory``, in a process group of its own."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen | None = None
+        self.endpoints: dict[int, str] = {}
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--nodes", "3", "--port",
+             str(self.port), "--data-dir", str(self.directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        output = b""
+        deadline = time.monotonic() + 60
+        while b"press Ctrl-C" not in output:
+            line = self.proc.stdout.readline()
+            assert line and time.monotonic() < deadline, output + line + self.logs().encode()
+            output += line
+        self.endpoints = {int(m.group(1)): m.group(2).decode() for m in _SERVES.finditer(output)}
+        assert sorted(self.endpoints) == [1, 2, 3], output
+        assert self.endpoints[1].endswith(f":{self.port}")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
+
+    def client(self, node: int):
+        return boto3.client("dynamodb", endpoint_url=self.endpoints[node], region_name="us-east-1",
+                            aws_access_key_id=DEVELOPMENT_ACCESS_KEY_ID,
+                            aws_secret_access_key=DEVELOPMENT_SECRET_ACCESS_KEY,
+                            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=15))
+
+    def status(self, node: int) -> dict:
+        with urllib.request.urlopen(f"{self.endpoints[node]}/status", timeout=5) as response:
+            return orjson.loads(response.read())
+
+    def node_pids(self) -> dict[int, int]:
+        """node id -> pid of the node processes the supervisor runs now."""
+        pids = {}
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except FileNotFoundError:
+                continue
+            config = args[args.index(b"--config") + 1].decode()
+            pids[int(re.search(r"node-(\d+)", config).group(1))] = pid
+        return pids
+
+    def kill_tree(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill_tree()
+
+    def logs(self, tail_chars: int = 3000) -> str:
+        out = []
+        for node in (1, 2, 3):
+            path = os.path.join(self.directory, f"node-{node}", "node.log")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out.append(f"--- node {node} ---\n" + f.read()[-tail_chars:])
+        return "\n".join(out)
+
+    def describe(self) -> str:
+        """Each node's replicas (role, leader, commit, applied), and the node logs, for a failure."""
+        out = []
+        for node in sorted(self.endpoints):
+            try:
+                groups = self.status(node)["groups"]
+            except OSError as exc:
+                out.append(f"node {node}: {exc}")
+                continue
+            out.append(f"node {node}: " + ", ".join(
+                f"{name}: {g['role']} leader={g['leader']} commit={g['commit']} applied={g['applied']} "
+                f"lease={g['lease_valid']}" for name, g in groups.items()))
+        return "\n".join(out) + "\n" + self.logs()
+
+    def leader_of(self, table: str, within: float = 10) -> int:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for node in self.endpoints:
+                try:
+                    group = self.status(node)["groups"].get(table)
+                except OSError:
+                    continue
+                if group and group["lease_valid"]:
+                    return node
+            time.sleep(0.05)
+        raise AssertionError(f"no leader of {table}\n{self.logs()}")
+
+    def wait_converged(self, table: str, within: float = 20) -> None:
+        """All three replicas of the table's partition applied the same committed slot."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                groups = [self.status(node)["groups"].get(table) for node in (1, 2, 3)]
+            except OSError:
+                groups = [None]
+            if all(groups) and len({(g["commit"], g["applied"]) for g in groups}) == 1:
+                return
+            assert time.monotonic() < deadline, f"replicas did not converge: {groups}\n{self.logs()}"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path / "data")
+    c.start()
+    yield c
+    c.stop()
+
+
+def create_table(client, name: str) -> None:
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                              {"AttributeName": "sk", "AttributeType": "N"}])
+
+
+def item(pk: str, sk: int, **attrs) -> dict:
+    return {"pk": {"S": pk}, "sk": {"N": str(sk)}, **{k: {"S": v} for k, v in attrs.items()}}
+
+
+def test_every_node_serves_tables_and_items(cluster):
+    clients = {node: cluster.client(node) for node in (1, 2, 3)}
+    create_table(clients[1], "orders")
+    for node, client in clients.items():  # the catalog change is visible through every node at once
+        assert client.describe_table(TableName="orders")["Table"]["TableStatus"] == "ACTIVE"
+    for node, client in clients.items():
+        for sk in range(5):
+            client.put_item(TableName="orders", Item=item(f"from-{node}", sk, v=f"{node}:{sk}"))
+    for node, client in clients.items():
+        got = client.get_item(TableName="orders", Key={"pk": {"S": "from-2"}, "sk": {"N": "3"}}, ConsistentRead=True)
+        assert got["Item"]["v"] == {"S": "2:3"}
+        q = client.query(TableName="orders", KeyConditionExpression="pk = :p AND sk >= :s", ConsistentRead=True,
+                         ExpressionAttributeValues={":p": {"S": "from-3"}, ":s": {"N": "2"}})
+        assert [i["sk"]["N"] for i in q["Items"]] == ["2", "3", "4"]
+        assert client.scan(TableName="orders", ConsistentRead=True)["Count"] == 15
+    # Eventually consistent reads are served by each node's own replica, which catches up.
+    cluster.wait_converged("orders")
+    for client in clients.values():
+        assert client.scan(TableName="orders")["Count"] == 15
+    # A conditional write decides at the leader, whichever node takes it.
+    with pytest.raises(clients[3].exceptions.ConditionalCheckFailedException):
+        clients[3].put_item(TableName="orders", Item=item("from-1", 0), ConditionExpression="attribute_not_exists(pk)")
+    clients[2].update_item(TableName="orders", Key={"pk": {"S": "from-1"}, "sk": {"N": "0"}},
+                           UpdateExpression="SET n = if_not_exists(n, :z) + :one",
+                           ExpressionAttributeValues={":z": {"N": "0"}, ":one": {"N": "1"}})
+    clients[3].update_item(TableName="orders", Key={"pk": {"S": "from-1"}, "sk": {"N": "0"}},
+                           UpdateExpression="SET n = n + :one", ExpressionAttributeValues={":one": {"N": "1"}})
+    got = clients[1].get_item(TableName="orders", Key={"pk": {"S": "from-1"}, "sk": {"N": "0"}}, ConsistentRead=True)
+    assert got["Item"]["n"] == {"N": "2"}
+    # A batch over two tables is split by table and each part goes to its own leader.
+    create_table(clients[2], "returns")
+    clients[3].batch_write_item(RequestItems={
+        "orders": [{"PutRequest": {"Item": item("batch", 1)}}],
+        "returns": [{"PutRequest": {"Item": item("batch", 2)}}]})
+    got = clients[1].batch_get_item(RequestItems={
+        "orders": {"Keys": [{"pk": {"S": "batch"}, "sk": {"N": "1"}}], "ConsistentRead": True},
+        "returns": {"Keys": [{"pk": {"S": "batch"}, "sk": {"N": "2"}}], "ConsistentRead": True}})
+    assert len(got["Responses"]["orders"]) == 1 and len(got["Responses"]["returns"]) == 1
+    assert sorted(clients[3].list_tables()["TableNames"]) == ["orders", "returns"]
+    # DeleteTable answers DELETING; each node's catalog drops the table within a heartbeat or so.
+    assert clients[2].delete_table(TableName="returns")["TableDescription"]["TableStatus"] == "DELETING"
+    deadline = time.monotonic() + 2
+    for client in clients.values():
+        while not _gone(client, "returns"):
+            assert time.monotonic() < deadline, cluster.describe()
+            time.sleep(0.02)
+    assert clients[1].list_tables()["TableNames"] == ["orders"]
+
+
+def _gone(client, table: str) -> bool:
+    """The node answers ResourceNotFoundException to a strong read and to DescribeTable."""
+    for call in (lambda: client.describe_table(TableName=table),
+                 lambda: client.get_item(TableName=table, Key={"pk": {"S": "batch"}, "sk": {"N": "2"}},
+                                         ConsistentRead=True)):
+        try:
+            call()
+        except client.exceptions.ResourceNotFoundException:
+            continue
+        return False
+    return True
+
+
+class Writers:
+    """Threads writing unique items through the nodes in turn until stopped; ``acked`` maps
+    each acknowledged item's pk to (value, send time)."""
+
+    def __init__(self, cluster: Cluster, table: str, count: int = 3):
+        self.cluster = cluster
+        self.table = table
+        self.acked: dict[str, tuple[str, float]] = {}
+        self.errors = 0
+        self.last_error = None  # (node, seconds it took, exception) of the newest failed write
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._write, args=(w,), daemon=True) for w in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _write(self, w: int) -> None:
+        clients = {node: self.cluster.client(node) for node in (1, 2, 3)}
+        node, n = 1 + w % 3, 0
+        while not self.stop.is_set():
+            pk = f"w{w}-{n:06d}"
+            started = time.monotonic()
+            try:
+                clients[node].put_item(TableName=self.table, Item=item(pk, 0, v=f"value of {pk}"))
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = (node, time.monotonic() - started, exc)
+                node = node % 3 + 1  # that node is down or lost its leader: go through the next one
+                time.sleep(0.02)
+                continue
+            self.acked[pk] = (f"value of {pk}", started)
+            n += 1
+
+    def wait_acked(self, count: int, within: float = 20) -> None:
+        deadline = time.monotonic() + within
+        while len(self.acked) < count:
+            assert time.monotonic() < deadline, \
+                f"{len(self.acked)} writes acknowledged, {self.errors} errors, last: {self.last_error!r}\n" \
+                f"{self.cluster.describe()}"
+            time.sleep(0.02)
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def assert_all_present(client, table: str, acked: dict, *, consistent: bool) -> None:
+    found = {}
+    kwargs = {"TableName": table, "ConsistentRead": consistent}
+    while True:
+        page = client.scan(**kwargs)
+        found.update({i["pk"]["S"]: i["v"]["S"] for i in page["Items"]})
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    lost = [pk for pk, (value, _) in acked.items() if found.get(pk) != value]
+    assert not lost, f"{len(lost)} acknowledged writes missing, e.g. {lost[:5]}"
+
+
+@pytest.mark.parametrize("rounds", [1, pytest.param(4, marks=pytest.mark.long)])
+def test_node_killed_while_clients_write(cluster, rounds):
+    create_table(cluster.client(1), "events")
+    writers = Writers(cluster, "events")
+    try:
+        for _ in range(rounds):
+            writers.wait_acked(len(writers.acked) + 50)
+            leader = cluster.leader_of("events")
+            pid = cluster.node_pids()[leader]
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while not any(started > killed_at for _, started in list(writers.acked.values())):
+                assert time.monotonic() - killed_at < WRITES_AGAIN_WITHIN_S, \
+                    f"{writers.errors} errors, last: {writers.last_error!r}\n{cluster.describe()}"
+                time.sleep(0.02)
+            # The supervisor starts the killed node again; it rejoins and catches up while writes go on.
+            deadline = time.monotonic() + 20
+            while cluster.node_pids().get(leader) in (None, pid):
+                assert time.monotonic() < deadline, cluster.describe()
+                time.sleep(0.05)
+            time.sleep(1.0)
+    finally:
+        writers.join()
+    cluster.wait_converged("events")
+    for node in (1, 2, 3):  # each node's own replica, read without going to the leader
+        assert_all_present(cluster.client(node), "events", writers.acked, consistent=False)
+    assert len(writers.acked) > 100
+
+
+def test_whole_cluster_killed_and_started_again(cluster):
+    create_table(cluster.client(2), "ledger")
+    writers = Writers(cluster, "ledger")
+    try:
+        writers.wait_acked(100)
+        cluster.kill_tree()  # supervisor and every node at once, writes in flight
+    finally:
+        writers.join()
+    acked = dict(writers.acked)
+    cluster.start()
+    for node in (1, 2, 3):
+        assert_all_present(cluster.client(node), "ledger", acked, consistent=True)
+    cluster.client(3).put_item(TableName="ledger", Item=item("after", 0, v="restart"))
+    cluster.wait_converged("ledger")
+    for node in (1, 2, 3):
+        assert_all_present(cluster.client(node), "ledger", acked, consistent=False)
