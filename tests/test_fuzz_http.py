@@ -173,7 +173,8 @@ def test_every_answer_is_ok_or_a_client_error(server, http_client, request):
     # Nothing in these requests breaks HTTP framing, so every connection stays open.
     assert response_headers["Connection"] == "keep-alive", data
     if status == 200:
-        assert orjson.loads(data) == {}
+        # Operations without output in DynamoDB's model answer an empty body, as DynamoDB does.
+        assert data == (b"" if operation in model.EMPTY_REPLY_OPERATIONS else b"{}")
         assert signing == "good" and target == operation
     elif status != 404:
         assert orjson.loads(data)["__type"].startswith("com.amazon.coral.")
