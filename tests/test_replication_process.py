@@ -39,6 +39,16 @@ class Group(LocalGroup):
         code = await super().kill(rid, sig)
         assert code == (-sig if sig == signal.SIGKILL else 0), self.logs()
 
+    async def items(self, rid: int) -> list:
+        """Every applied item of replica ``rid``, page by page."""
+        items, after = [], None
+        while True:
+            page = await self.call(rid, "scan", after=after)
+            items += page["items"]
+            if not page["more"]:
+                return items
+            after = items[-1][0]
+
     async def wait_converged(self, within: float = 10.0) -> dict:
         """Every running replica applied the same commit index and holds the same items."""
         deadline = time.monotonic() + within
@@ -47,7 +57,7 @@ class Group(LocalGroup):
             commits = {(s["commit"], s["applied"]) for s in states.values()}
             leaders = [rid for rid, s in states.items() if s["role"] == "leader"]
             if len(commits) == 1 and len(leaders) == 1 and all(s["leader"] == leaders[0] for s in states.values()):
-                items = {rid: (await self.call(rid, "scan"))["items"] for rid in self.clients}
+                items = {rid: await self.items(rid) for rid in self.clients}
                 if all(v == items[leaders[0]] for v in items.values()):
                     return dict(items[leaders[0]])
             assert time.monotonic() < deadline, f"replicas did not converge: {states}\n{self.logs()}"

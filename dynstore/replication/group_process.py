@@ -15,7 +15,8 @@ answered in any order and matched by ``id``. Keys and values are UTF-8 strings.
     {"id", "op": "put", "key", "value"}         -> {"id", "ok": true, "slot"} once committed
                                                    on a quorum, durable and applied here
     {"id", "op": "get", "key", "consistent"}    -> {"id", "ok": true, "value": str | null}
-    {"id", "op": "scan"}                        -> {"id", "ok": true, "items": [[key, value], ...]}
+    {"id", "op": "scan", "after": key|null}     -> {"id", "ok": true, "items": [[key, value], ...], "more": bool}
+                                                   (a page of applied items after ``after``, in key order)
     {"id", "op": "status"}                      -> {"id", "ok": true, "status", "transport", "faults"}
     {"id", "op": "faults", "set": {...}}        -> configure transport.Faults (also "clear": true)
 
@@ -160,7 +161,16 @@ class GroupProcess:
             value = replica.tree.get(request["key"].encode())
             return {"ok": True, "value": None if value is None else value.decode()}
         if op == "scan":
-            return {"ok": True, "items": [[k.decode(), v.decode()] for k, v in replica.tree.scan()]}
+            # A page that fits a client frame; the caller asks again after its last key.
+            after = request.get("after")
+            start = None if after is None else after.encode() + b"\0"
+            page, size = [], 0
+            for k, v in replica.tree.scan(start):
+                size += len(k) + len(v)
+                if page and size > CLIENT_FRAME_BYTES_MAX // 4:  # room for JSON's escaping
+                    return {"ok": True, "items": page, "more": True}
+                page.append([k.decode(), v.decode()])
+            return {"ok": True, "items": page, "more": False}
         if op == "status":
             return {"ok": True, "status": replica.status(), "transport": dict(self.transport.stats),
                     "connected": self.transport.connected(), "faults": self.transport.faults.to_dict()}
