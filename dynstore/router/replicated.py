@@ -21,9 +21,10 @@ Reads and writes, as partition.py asks of them:
   fails it with NotLeader: the write may still commit under the next leader.
 
 A ``ReplicatedPartition`` is a view of the group for one epoch: the router hands out a new
-view whenever the replica gains leadership (and, on a follower, whenever it applied more),
-so per-partition figures the operations cache by partition (the statistics record,
-store.py) are reloaded from the tree after another leader wrote it.
+view once the replica leads with everything committed before its term applied (and, until
+then, whenever it applied more), so per-partition figures the operations cache by
+partition (the statistics record, store.py) are reloaded from current state after another
+leader wrote it, never kept from a tree that was still catching up.
 """
 from __future__ import annotations
 
@@ -85,10 +86,16 @@ class ReplicaGroup:
         await self.replica.read_barrier()
 
     def view(self) -> "ReplicatedPartition":
-        core = self.replica.core
-        # A leader's view lasts its term; a follower's lasts until it applies more (so the
-        # figures it reports follow the leader's writes).
-        epoch = ("leader", core.ballot) if core.role == LEADER else ("follower", self.replica.applied)
+        replica, core = self.replica, self.replica.core
+        # A leader's view lasts its term, from the moment it has applied everything committed
+        # before (its figures are then loaded from current state); until then, and on a
+        # follower, a view lasts until the replica applies more, so the figures it reports
+        # follow the writes of the leader.
+        if core.role == LEADER and (self._view_epoch == ("leader", core.ballot) or (
+                core.lease_valid(replica.clock()) and replica.applied >= core.commit)):
+            epoch = ("leader", core.ballot)
+        else:
+            epoch = ("follower", replica.applied)
         if self._view is None or epoch != self._view_epoch:
             self._view, self._view_epoch = ReplicatedPartition(self), epoch
         return self._view
