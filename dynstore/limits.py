@@ -265,6 +265,11 @@ LOG_KEEP_ENTRIES = 2_000
 # Largest request or response on the test client protocol of group_process: a 400 KB item as
 # JSON, with room to spare.
 CLIENT_FRAME_BYTES_MAX = 4 * 1024 * 1024
+# Closing a replica cancels its background tasks; one that swallowed a cancellation is
+# cancelled again after this wait, up to this many rounds, then the close fails loudly
+# rather than hanging a shutdown.
+TASK_CANCEL_WAIT_S = 0.5
+TASK_CANCEL_ROUNDS_MAX = 10
 
 assert TICK_INTERVAL_S < HEARTBEAT_INTERVAL_S
 assert RECONNECT_BACKOFF_MIN_S < RECONNECT_BACKOFF_MAX_S < ELECTION_TIMEOUT_S

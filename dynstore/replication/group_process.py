@@ -242,6 +242,10 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+# A replica stops within a second of SIGTERM; this much longer means it hangs.
+STOP_WAIT_S = 30.0
+
+
 class LocalGroup:
     """Three group processes on loopback under ``directory`` (replica ids 1, 2, 3), for tests
     and benchmarks; ``extra_args`` go to every process."""
@@ -281,7 +285,12 @@ class LocalGroup:
         await self.clients.pop(rid).close()
         proc = self.procs.pop(rid)
         proc.send_signal(sig)
-        return await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, proc.wait, STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"replica {rid} did not stop within {STOP_WAIT_S} s of signal {sig}") from None
 
     async def close(self) -> None:
         for rid in list(self.procs):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dynstore.limits import TASK_CANCEL_ROUNDS_MAX, TASK_CANCEL_WAIT_S
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,18 @@ class Tasks:
             self.on_fatal(exc)
 
     async def cancel_all(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Cancel every task and wait until they have ended.
+
+        A task can swallow one cancellation (``asyncio.wait_for`` in Python 3.11 loses it
+        when the inner future completes at the same moment), so stragglers are cancelled
+        again each round instead of being waited for forever.
+        """
+        pending = set(self._tasks)
+        for _ in range(TASK_CANCEL_ROUNDS_MAX):
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=TASK_CANCEL_WAIT_S)
+        raise RuntimeError(f"{self.name}: {len(pending)} tasks ignored {TASK_CANCEL_ROUNDS_MAX} cancellations: "
+                           + ", ".join(repr(task.get_coro()) for task in pending))
