@@ -79,6 +79,8 @@ class Cluster:
                     args = f.read().split(b"\0")
             except FileNotFoundError:
                 continue
+            if b"--config" not in args:
+                continue  # forked a moment ago: not yet the node program
             config = args[args.index(b"--config") + 1].decode()
             pids[int(re.search(r"node-(\d+)", config).group(1))] = pid
         return pids
