@@ -151,7 +151,7 @@ class Routing:
                 if leader is not None and leader != self.node_id and leader in self.addresses:
                     if hops >= FORWARD_HOPS_MAX:
                         raise ServiceUnavailable(f"request forwarded {hops} times without reaching a leader")
-                    answer = await self._forward(leader, op, request, hops + 1)
+                    answer = await self._forward(group, leader, op, request, hops + 1)
                     if answer is not None:
                         return answer
             if time.monotonic() > deadline:
@@ -168,9 +168,14 @@ class Routing:
 
     # --- forwarding -----------------------------------------------------------------------------
 
-    async def _forward(self, node: int, op: str, request: dict, hops: int) -> dict | None:
+    async def _forward(self, group, node: int, op: str, request: dict, hops: int) -> dict | None:
         """The answer of ``node`` to the request; None when ``node`` cannot be reached (nothing
-        was sent, so the caller may try again)."""
+        was sent, so the caller may try again).
+
+        The wait ends early when ``group`` elects another leader: a node cut off from its peers
+        neither answers nor commits, and waiting out FORWARD_TIMEOUT_S would keep the request
+        from the new leader for that long.
+        """
         client = self._clients.get(node)
         if client is None or client.closed:
             host, port = self.addresses[node]
@@ -179,17 +184,35 @@ class Routing:
             except OSError:
                 return None
         self.forwarded += 1
+        call = asyncio.ensure_future(client.call(op, request=request, hops=hops))
+        deadline = time.monotonic() + FORWARD_TIMEOUT_S
+        while not call.done():
+            await asyncio.wait({call}, timeout=FORWARD_POLL_S)
+            if call.done():
+                break
+            if group.is_leader() or group.leader_hint() not in (None, node):
+                reason = f"node {node} stopped leading while it held the request"
+            elif time.monotonic() > deadline:
+                reason = f"node {node} did not answer within {FORWARD_TIMEOUT_S} s"
+            else:
+                continue
+            call.cancel()
+            await self._drop_client(node, client)
+            raise InternalServerError(f"{reason}; it may or may not have taken effect")
         try:
-            answer = await asyncio.wait_for(client.call(op, request=request, hops=hops), FORWARD_TIMEOUT_S)
-        except (ConnectionError, asyncio.TimeoutError) as exc:
-            if self._clients.get(node) is client:
-                del self._clients[node]
-                await client.close()
+            answer = call.result()
+        except ConnectionError:
+            await self._drop_client(node, client)
             raise InternalServerError(f"lost node {node} while it served the request; it may or may not have "
-                                      f"taken effect ({type(exc).__name__})") from None
+                                      f"taken effect") from None
         if answer["ok"]:
             return answer["result"]
         raise error_from_body(answer["status"], answer["body"])
+
+    async def _drop_client(self, node: int, client: GroupClient) -> None:
+        if self._clients.get(node) is client:
+            del self._clients[node]
+            await client.close()
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve, host, port)
