@@ -792,6 +792,7 @@ cdef class NativeBTree:
         cdef const uint8_t *e = NULL
         cdef size_t sn = 0, en = 0
         cdef bint has_start = start is not None, has_end = end is not None
+        cdef bint bounded
         if not root:
             return out, True
         if has_start:
@@ -800,48 +801,9 @@ cdef class NativeBTree:
             e, en = <const uint8_t *>PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end)
         try:
             f = self.fetch(root)
+            bounded = True  # the first descent follows the bounds, later ones the subtree's edge
             while True:
-                self.frame_pins[f] += 1
-                stack[sd] = f
-                sd += 1
-                p = self.page(f)
-                if p[4] == TYPE_LEAF:
-                    break
-                if sd >= HEIGHT_MAX:
-                    raise CorruptionError(f"B-tree deeper than {HEIGHT_MAX}", self.path, <uint64_t>root * PAGE)
-                if reverse:
-                    ci = lower_bound(p, e, en) if has_end else count_of(p)
-                else:
-                    ci = upper_bound(p, s, sn) if has_start else 0
-                index[sd - 1] = ci
-                f = self.fetch(child_at(p, ci))
-            if reverse:
-                i = (lower_bound(p, e, en) if has_end else count_of(p)) - 1
-            elif not has_start:
-                i = 0
-            else:
-                i = lower_bound(p, s, sn) if inclusive else upper_bound(p, s, sn)
-            while len(out) < n:
-                p = self.page(stack[sd - 1])
-                if 0 <= i < count_of(p):
-                    k = key_at(p, i, &kn)
-                    if reverse and has_start and keycmp(k, kn, s, sn) < 0:
-                        return out, True
-                    if not reverse and has_end and keycmp(k, kn, e, en) >= 0:
-                        return out, True
-                    out.append((PyBytes_FromStringAndSize(<const char *>k, kn), self.cell_value(p, slot_of(p, i))))
-                    i += -1 if reverse else 1
-                    continue
-                # The leaf is done: climb to the nearest ancestor with a sibling subtree, go down its edge.
-                sd -= 1
-                self.frame_pins[stack[sd]] -= 1
-                while sd and (index[sd - 1] == 0 if reverse else index[sd - 1] >= count_of(self.page(stack[sd - 1]))):
-                    sd -= 1
-                    self.frame_pins[stack[sd]] -= 1
-                if not sd:
-                    return out, True
-                index[sd - 1] += -1 if reverse else 1
-                f = self.fetch(child_at(self.page(stack[sd - 1]), index[sd - 1]))
+                # Down from frame f to a leaf, pinning every level.
                 while True:
                     self.frame_pins[f] += 1
                     stack[sd] = f
@@ -851,11 +813,47 @@ cdef class NativeBTree:
                         break
                     if sd >= HEIGHT_MAX:
                         raise CorruptionError(f"B-tree deeper than {HEIGHT_MAX}", self.path, <uint64_t>root * PAGE)
-                    ci = count_of(p) if reverse else 0
+                    if not bounded:
+                        ci = count_of(p) if reverse else 0
+                    elif reverse:
+                        ci = lower_bound(p, e, en) if has_end else count_of(p)
+                    else:
+                        ci = upper_bound(p, s, sn) if has_start else 0
                     index[sd - 1] = ci
                     f = self.fetch(child_at(p, ci))
-                i = count_of(p) - 1 if reverse else 0
-            return out, False
+                if not bounded:
+                    i = count_of(p) - 1 if reverse else 0
+                elif reverse:
+                    i = (lower_bound(p, e, en) if has_end else count_of(p)) - 1
+                elif not has_start:
+                    i = 0
+                else:
+                    i = lower_bound(p, s, sn) if inclusive else upper_bound(p, s, sn)
+                bounded = False
+                while len(out) < n:
+                    p = self.page(stack[sd - 1])
+                    if 0 <= i < count_of(p):
+                        k = key_at(p, i, &kn)
+                        if reverse and has_start and keycmp(k, kn, s, sn) < 0:
+                            return out, True
+                        if not reverse and has_end and keycmp(k, kn, e, en) >= 0:
+                            return out, True
+                        out.append((PyBytes_FromStringAndSize(<const char *>k, kn), self.cell_value(p, slot_of(p, i))))
+                        i += -1 if reverse else 1
+                        continue
+                    # The leaf is done: climb to the nearest ancestor with a sibling subtree, go down its edge.
+                    sd -= 1
+                    self.frame_pins[stack[sd]] -= 1
+                    while sd and (index[sd - 1] == 0 if reverse else index[sd - 1] >= count_of(self.page(stack[sd - 1]))):
+                        sd -= 1
+                        self.frame_pins[stack[sd]] -= 1
+                    if not sd:
+                        return out, True
+                    index[sd - 1] += -1 if reverse else 1
+                    f = self.fetch(child_at(self.page(stack[sd - 1]), index[sd - 1]))
+                    break
+                else:
+                    return out, False
         finally:
             while sd:
                 sd -= 1

@@ -132,19 +132,20 @@ class Engine:
         self._sync = sync
         self._checkpoint_wal_bytes = checkpoint_wal_bytes
         os.makedirs(directory, exist_ok=True)
-        self._tree = BTree(os.path.join(directory, "tree.db"), cache_bytes=cache_bytes, backend=backend)
-        self._wal: WAL | None = None
         self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
         # Newest pending value per key, for get_latest: key -> (lsn, value).
         self._latest: dict[bytes, tuple[int, bytes | None]] = {}
-        self._failure: BaseException | None = None
-        self._wal_bytes_since_checkpoint = 0
-        self.applied_lsn = self._tree.checkpoint_lsn
-        self._open_wal()
+        self._wal: WAL | None = None
+        self._open()
 
     # -- recovery ---------------------------------------------------------------------
 
-    def _open_wal(self) -> None:
+    def _open(self) -> None:
+        """Open the tree at its checkpoint and replay the WAL after it."""
+        self._failure: BaseException | None = None
+        self._wal_bytes_since_checkpoint = 0
+        self._tree = BTree(os.path.join(self.directory, "tree.db"), cache_bytes=self._cache_bytes,
+                           backend=self._backend)
         options = {} if self._segment_bytes is None else {"segment_bytes": self._segment_bytes}
         wal = WAL(os.path.join(self.directory, "wal"), sync=self._sync, backend=self._backend, **options)
         base = self._tree.checkpoint_lsn
@@ -167,14 +168,10 @@ class Engine:
     def _recover_after_failure(self) -> None:
         """Reopen the log after a failed flush; what was never durable is gone."""
         self._wal.close()
+        self._tree.close()
         self._pending.clear()
         self._latest.clear()
-        self._failure = None
-        self._tree.close()
-        self._tree = BTree(os.path.join(self.directory, "tree.db"), cache_bytes=self._cache_bytes,
-                           backend=self._backend)
-        self._wal_bytes_since_checkpoint = 0
-        self._open_wal()
+        self._open()
 
     # -- writes -----------------------------------------------------------------------
 

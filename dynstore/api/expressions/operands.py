@@ -8,11 +8,10 @@ UTF-8 bytes, as DynamoDB orders them.
 """
 from __future__ import annotations
 
-import base64
 import decimal
 from decimal import Decimal
 
-from dynstore.api.values import decimal_text
+from dynstore.api.values import binary_bytes, decimal_text
 
 SCALAR_TYPES = frozenset({"S", "N", "B"})
 SET_TYPES = frozenset({"SS", "NS", "BS"})
@@ -49,7 +48,7 @@ def get_path(item: dict, path: tuple):
 
 
 def to_bytes(data) -> bytes:
-    return data if isinstance(data, (bytes, bytearray)) else base64.b64decode(data)
+    return data if isinstance(data, (bytes, bytearray)) else binary_bytes(data)
 
 
 def add_numbers(left: str, right: str, subtract: bool = False) -> str:
