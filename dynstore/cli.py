@@ -56,8 +56,10 @@ def main():
 @click.option("--nodes", type=click.IntRange(1, 26), default=None,
               help="Run a cluster of this many node processes (one per zone; every partition replicated on "
                    "each node, so use 3) instead of one process; node 1 serves on --port.")
+@click.option("--split-bytes", type=click.IntRange(min=1), default=limits.PARTITION_SPLIT_BYTES_DEFAULT,
+              show_default=True, help="Split a partition once its items pass this many bytes (with --nodes).")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None):
+       canary_interval: float, nodes: int | None, split_bytes: int):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     try:
         credentials = Credentials.load(credentials_file)
@@ -71,7 +73,8 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
-        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file), data_dir))
+        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes),
+                               data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
 

@@ -36,8 +36,9 @@ _SERVES = re.compile(rb"node (\d+) \(zone-[a-z]\) serves DynamoDB at (http://\S+
 class Cluster:
     """`dynstore up --nodes 3` on ``directory``, in a process group of its own."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, *extra_args: str):
         self.directory = directory
+        self.extra_args = extra_args
         self.port = free_ports(1)[0]
         self.proc: subprocess.Popen | None = None
         self.endpoints: dict[int, str] = {}
@@ -45,7 +46,7 @@ class Cluster:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--nodes", "3", "--port",
-             str(self.port), "--data-dir", str(self.directory)],
+             str(self.port), "--data-dir", str(self.directory), *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         output = b""
         deadline = time.monotonic() + 60
@@ -134,14 +135,17 @@ class Cluster:
         raise AssertionError(f"no leader of {table}\n{self.logs()}")
 
     def wait_converged(self, table: str, within: float = 20) -> None:
-        """All three replicas of the table's partition applied the same committed slot."""
+        """On every node the same partitions of the table, each with all three replicas at the
+        same applied committed slot."""
         deadline = time.monotonic() + within
         while True:
             try:
-                groups = [self.status(node)["groups"].get(table) for node in (1, 2, 3)]
+                groups = [{name: (g["commit"], g["applied"]) for name, g in self.status(node)["groups"].items()
+                           if name == table or name.startswith(table + "#")} for node in (1, 2, 3)]
             except OSError:
                 groups = [None]
-            if all(groups) and len({(g["commit"], g["applied"]) for g in groups}) == 1:
+            if all(groups) and all(g == groups[0] for g in groups) \
+                    and all(commit == applied for commit, applied in groups[0].values()):
                 return
             assert time.monotonic() < deadline, f"replicas did not converge: {groups}\n{self.logs()}"
             time.sleep(0.05)

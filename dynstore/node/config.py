@@ -6,6 +6,7 @@
     data_dir = "/var/lib/dynstore/node-1" # this node's replicas (router/cluster.py)
     region = "us-east-1"                  # the region the endpoint reports
     credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
+    split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass
+
+from dynstore.limits import PARTITION_SPLIT_BYTES_DEFAULT
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -50,6 +53,7 @@ class NodeConfig:
     nodes: tuple[NodeAddress, ...]
     region: str = "us-east-1"
     credentials_file: str = ""
+    split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -67,12 +71,12 @@ class NodeConfig:
         nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
                                   _address(n["forward"])) for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
-                   doc.get("credentials_file", ""))
+                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
         lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
-                 f"credentials_file = {q(self.credentials_file)}"]
+                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]

@@ -30,7 +30,9 @@ EXIT_FATAL = 70
 async def serve(config: NodeConfig) -> int:
     from dynstore.api.operations import State
     from dynstore.api.server import Server
+    from dynstore.autoadmin.service import Autoadmin
     from dynstore.node.routing import Routing
+    from dynstore.replication.tasks import Tasks
     from dynstore.router.cluster import ClusterRouter
 
     credentials = Credentials.load(config.credentials_file or None)
@@ -47,6 +49,9 @@ async def serve(config: NodeConfig) -> int:
     host, port = me.endpoint
     state = State(router, region=config.region, address=f"{host}:{port}")
     routing = Routing(state, me.id, {n.id: n.forward for n in config.nodes})
+    router.control = lambda op, request: routing.route(op, request, 0)
+    control = Tasks(f"node {me.id} autoadmin", fatal)
+    control.spawn(Autoadmin(state, config.split_bytes).run())
     try:
         await routing.start(*me.forward)
 
@@ -61,6 +66,7 @@ async def serve(config: NodeConfig) -> int:
         server.close()
         await server.wait_closed()
     finally:
+        await control.cancel_all()
         await routing.close()
         await state.close()
     return EXIT_FATAL if failures else 0
@@ -81,14 +87,16 @@ def node_status(state, routing, config: NodeConfig) -> dict:
     partitions = []
     for name in router.table_names():
         desc = router.table(name)
-        group = router.group_of(desc)
-        stats = partition_stats(state, group.view())
-        leader = group.leader_hint()
-        partitions.append({
-            "table": name, "table_id": desc["TableId"], "partition": 0,
-            "leader": f"node-{leader}" if leader is not None else "-",
-            "replicas": [n["id"] for n in nodes], "applied_lsn": group.replica.applied, "items": stats.items,
-            "bytes": stats.bytes, "availability": _NOT_MEASURED})
+        for number, group in enumerate(router.table_groups(desc)):
+            stats = partition_stats(state, group.view())
+            leader = group.leader_hint()
+            rng = group.range
+            partitions.append({
+                "table": name, "table_id": desc["TableId"], "partition": number, "group": group.group,
+                "start": rng.start.hex(), "end": None if rng.end is None else rng.end.hex(),
+                "leader": f"node-{leader}" if leader is not None else "-",
+                "replicas": [n["id"] for n in nodes], "applied_lsn": group.replica.applied, "items": stats.items,
+                "bytes": stats.bytes, "availability": _NOT_MEASURED})
     return {"node": dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region),
             "nodes": nodes, "availability": _NOT_MEASURED, "partitions": partitions, "groups": router.status(),
             "forwarded": routing.forwarded}

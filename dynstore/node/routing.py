@@ -9,13 +9,21 @@ decides where the request runs and runs the operation there, unchanged:
 * A request naming a table this node's catalog does not hold yet also goes to the
   metadata leader, which routes it again with its current catalog (a table created
   through another node a moment ago is found; a missing table is reported missing).
-* Eventually consistent reads (GetItem, Query, Scan, BatchGetItem without ConsistentRead)
-  and catalog reads of known tables (DescribeTable, DescribeTimeToLive, ListTagsOfResource)
-  run here, on this node's replicas.
-* Everything else (writes, strongly consistent reads) runs at the leader of the table's
-  partition, after ``read_barrier``: the leader holds a valid lease and has applied every
-  write committed before, so conditional writes decide on the latest state
-  (replicated.py) and strong reads see every acknowledged write.
+* Everything else runs here first. Eventually consistent reads (GetItem, Query, Scan,
+  BatchGetItem without ConsistentRead) and catalog reads of known tables read this node's
+  replicas. Writes and strongly consistent reads run with cluster.STRONG set: when the
+  partition of their key is led elsewhere (or this leader has not yet applied everything
+  committed before its term), ``partition_for`` raises Reroute, before anything was done,
+  and the request goes to that group's leader, where it runs again after ``read_barrier``.
+  So a request always runs against the partition that holds its key now, even across a
+  split; a write refused because its group split while it was in flight (StaleRange, not
+  applied) is routed again from the start.
+* BatchWriteItem, and BatchGetItem with ConsistentRead, are validated here, then split by
+  the partition of each key; each part runs at its partition's leader and the answers are
+  merged (unprocessed items and keys joined, consumed capacity summed per table).
+* A strongly consistent Scan reads this node's replicas after each partition's leader has
+  vouched for a slot this replica then applied (a read index): the page sees every write
+  acknowledged before the Scan began, whichever node leads each partition.
 * BatchGetItem and BatchWriteItem over several tables are split by table, each part
   routed on its own, and the answers merged.
 
@@ -30,6 +38,11 @@ dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched
     {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n}
       -> {"id", "ok": true, "result": {...}}
       |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...}}
+
+and the control calls between nodes, each run at the leader of the group it names::
+
+    {"id", "op": "ReadIndex", "request": {"group"}, "hops"}        -> result {"index": slot}
+    {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {}
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -46,8 +59,10 @@ from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
 from dynstore.limits import FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
-from dynstore.replication.errors import Busy, NotLeader
+from dynstore.api.operations.batch import plan_writes
+from dynstore.replication.errors import Busy, NotLeader, StaleRange
 from dynstore.replication.group_process import GroupClient, serve_frames, write_frame
+from dynstore.router.cluster import STRONG, VOUCHED, Reroute
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +89,51 @@ def _consistent(op: str, request: dict) -> bool:
 
 
 def _merge(parts: list[dict]) -> dict:
-    """One batch answer from the answers of its per-table parts: maps joined, lists chained."""
+    """One batch answer from the answers of its parts: maps joined (the lists of one table
+    chained), lists chained."""
     out: dict = {}
     for part in parts:
         for name, value in part.items():
             if name not in out:
                 out[name] = value
             elif isinstance(value, dict):
-                out[name] = {**out[name], **value}
+                joined = dict(out[name])
+                for key, more in value.items():
+                    joined[key] = joined[key] + more if key in joined and isinstance(more, list) else more
+                out[name] = joined
             else:
                 out[name] = out[name] + value
+    return out
+
+
+def _merge_consumed(entries: list[dict]) -> list[dict]:
+    """ConsumedCapacity entries of the parts of one request: one entry per table, units summed."""
+    merged: dict[str, dict] = {}
+    for entry in entries:
+        into = merged.setdefault(entry["TableName"], {"TableName": entry["TableName"]})
+        for field, value in entry.items():
+            if isinstance(value, (int, float)):
+                into[field] = into.get(field, 0) + value
+            elif isinstance(value, dict):
+                into[field] = _merge_consumed_maps(into.get(field, {}), value)
+    return list(merged.values())
+
+
+def _merge_consumed_maps(into: dict, more: dict) -> dict:
+    out = dict(into)
+    for name, value in more.items():
+        if isinstance(value, dict):
+            out[name] = _merge_consumed_maps(out.get(name, {}), value)
+        else:
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def _merge_answers(parts: list[dict]) -> dict:
+    """One answer from the answers of the per-partition parts of one table's batch."""
+    out = _merge(parts)
+    if "ConsumedCapacity" in out:
+        out["ConsumedCapacity"] = _merge_consumed(out["ConsumedCapacity"])
     return out
 
 
@@ -109,6 +159,7 @@ class Routing:
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
         self.operations = {op: self._entry(op) for op in OPERATIONS}
+        self._control = {"ReadIndex": self._read_index, "Split": self._split}
 
     def _entry(self, op: str):
         async def routed(state, request: dict) -> dict:
@@ -119,8 +170,10 @@ class Routing:
     # --- deciding where -----------------------------------------------------------------------
 
     async def route(self, op: str, request: dict, hops: int) -> dict:
+        if op in self._control:
+            return await self._at_leader(self.router.groups[request["group"]], op, request, hops)
         if op in _ANYWHERE:
-            return await self._run(op, request)
+            return await self._run(op, request, False)
         names = _tables(op, request)
         if op in _BATCHES and len(names) > 1:
             parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
@@ -128,9 +181,28 @@ class Routing:
         descs = [self.router.table(name) for name in names]
         if op in _CATALOG_CHANGES or op == "ListTables" or None in descs:
             return await self._at_leader(self.router.meta, op, request, hops)
-        if op in _CATALOG_READS or (op in _READS and not _consistent(op, request)):
-            return await self._run(op, request)
-        return await self._at_leader(self.router.group_of(descs[0]), op, request, hops)
+        if op in _CATALOG_READS:
+            return await self._here(op, request, hops, strong=False)
+        strong = op not in _READS or _consistent(op, request)
+        if op == "BatchWriteItem":
+            return await self._batch_write(request, descs[0], hops)
+        if strong and op in ("Scan", "BatchGetItem"):
+            return await self._vouched(op, request, descs[0], hops)
+        return await self._here(op, request, hops, strong=strong)
+
+    async def _here(self, op: str, request: dict, hops: int, *, strong: bool, vouched=frozenset()) -> dict:
+        """Run the request on this node's replicas; at a group's leader if they say so."""
+        try:
+            return await self._run(op, request, strong, vouched)
+        except Reroute as to:
+            return await self._at_leader(self.router.groups[to.group], op, request, hops)
+        except StaleRange:
+            return await self._again(op, request, hops)
+
+    async def _again(self, op: str, request: dict, hops: int) -> dict:
+        if hops >= FORWARD_HOPS_MAX:
+            raise ServiceUnavailable(f"request routed {hops} times without reaching its partition")
+        return await self.route(op, request, hops + 1)
 
     async def _at_leader(self, group, op: str, request: dict, hops: int) -> dict:
         deadline = time.monotonic() + FORWARD_WAIT_S
@@ -138,14 +210,19 @@ class Routing:
             if group.is_leader():
                 try:
                     await group.read_barrier()
-                except NotLeader:
-                    pass
-                else:
                     if group is self.router.meta and op not in _CATALOG_CHANGES and op != "ListTables" \
                             and None not in map(self.router.table, _tables(op, request)):
                         # Asked as the metadata leader about a table: it is known now, route it.
-                        return await self.route(op, request, hops + 1)
-                    return await self._run(op, request)
+                        return await self._again(op, request, hops)
+                    # Catalog changes read table partitions only for their figures (DescribeTable's).
+                    return await self._run(op, request, group is not self.router.meta)
+                except NotLeader:
+                    pass
+                except Reroute as to:
+                    if to.group != group.group:
+                        return await self._again(op, request, hops)
+                except StaleRange:
+                    return await self._again(op, request, hops)
             else:
                 leader = group.leader_hint()
                 if leader is not None and leader != self.node_id and leader in self.addresses:
@@ -159,12 +236,65 @@ class Routing:
                                          f"{FORWARD_WAIT_S} s")
             await asyncio.sleep(FORWARD_POLL_S)
 
-    async def _run(self, op: str, request: dict) -> dict:
+    async def _run(self, op: str, request: dict, strong: bool, vouched=frozenset()) -> dict:
+        """Run the operation here; Reroute and StaleRange (nothing was done) to the caller."""
+        strong_token, vouched_token = STRONG.set(strong), VOUCHED.set(vouched)
         try:
+            if op in self._control:
+                return await self._control[op](request)
             return await OPERATIONS[op](self.state, request)
-        except (NotLeader, Busy) as exc:
+        except NotLeader as exc:
+            if not strong or op in self._control:
+                raise
             raise InternalServerError(f"the partition's leader changed while the request was applied; it may or "
                                       f"may not have taken effect ({exc})") from None
+        except Busy as exc:
+            raise InternalServerError(f"the partition's leader is overloaded; it may or may not have taken "
+                                      f"effect ({exc})") from None
+        finally:
+            STRONG.reset(strong_token)
+            VOUCHED.reset(vouched_token)
+
+    # --- requests over several partitions ---------------------------------------------------------
+
+    async def _batch_write(self, request: dict, desc: dict, hops: int) -> dict:
+        """Validate the whole batch here, then write each partition's part at its leader."""
+        plans = plan_writes(self.state, request["RequestItems"])
+        parts: dict[int, list] = {}
+        for name, table, write, key, _ in plans:
+            group = self.router.group_for(desc, table.storage_key(key))
+            parts.setdefault(group.group, []).append(write)
+        if len(parts) == 1:
+            return await self._here("BatchWriteItem", request, hops, strong=True)
+        name = next(iter(request["RequestItems"]))
+        answers = await asyncio.gather(*(
+            self._at_leader(self.router.groups[group], "BatchWriteItem", dict(request, RequestItems={name: writes}),
+                            hops) for group, writes in parts.items()))
+        return _merge_answers(answers)
+
+    async def _vouched(self, op: str, request: dict, desc: dict, hops: int) -> dict:
+        """A strongly consistent read over many partitions, served by this node's replicas once
+        each has applied a slot its leader vouched for."""
+        groups = self.router.table_groups(desc)
+        await asyncio.gather(*(self._read_index_here(group, hops) for group in groups))
+        return await self._here(op, request, hops, strong=True, vouched=frozenset(g.group for g in groups))
+
+    async def _read_index_here(self, group, hops: int) -> None:
+        if group.serves_strong():
+            return
+        answer = await self._at_leader(group, "ReadIndex", {"group": group.group}, hops)
+        await group.replica.wait_applied(answer["index"])
+
+    # --- control calls, at the leader of the group they name ---------------------------------------
+
+    async def _read_index(self, request: dict) -> dict:
+        group = self.router.groups[request["group"]]
+        return {"index": group.replica.core.read(group.replica.clock())}
+
+    async def _split(self, request: dict) -> dict:
+        group = self.router.groups[request["group"]]
+        await group.split(bytes.fromhex(request["key"]), request["child"], self.router.table(request["table"]))
+        return {}
 
     # --- forwarding -----------------------------------------------------------------------------
 

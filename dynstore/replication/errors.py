@@ -32,3 +32,12 @@ class Busy(ReplicationError):
 class FrameError(ReplicationError):
     """A frame from the network is not a message this replica can read: bad checksum,
     unknown protocol version or malformed body. The frame is dropped and counted."""
+
+
+class StaleRange(ReplicationError):
+    """The write was proposed under a key range its group has since split: it was not
+    applied. Route the request again; the key now belongs to another group."""
+
+    def __init__(self, group: int):
+        self.group = group
+        super().__init__(f"replication group {group} split while the write was in flight; it was not applied")

@@ -102,6 +102,10 @@ def read_log(wal: WAL) -> list:
     return records
 
 
+def _apply_batch(tree, slot: int, data: bytes) -> None:
+    tree.write_batch(decode_batch(data))
+
+
 def _write_durably(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -120,6 +124,39 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+SEED_SLOT = 1  # the slot a seeded replica's state stands at: its group's log starts after it
+
+
+def seed_replica(directory: str, items, members: tuple, *, backend: str | None = None) -> None:
+    """Make ``directory`` a replica of a new group whose state is ``items`` (sorted (key,
+    value) pairs) as a snapshot at SEED_SLOT with membership ``members``.
+
+    A replica that opens it finds its tree ahead of an empty log and takes tree.meta as its
+    snapshot (see Replica), so the group's log starts at SEED_SLOT + 1, and a replica of the
+    group that was not seeded (an empty directory) gets the state as a snapshot from its
+    leader, never by replaying a log that lacks it. tree.db appears last, by rename: a
+    directory with a tree.db is complete, and one without it is built again from nothing.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "tree.db")
+    building = path + ".seed"
+    if os.path.exists(building):
+        os.unlink(building)
+    tree = BTree(building, backend=backend)
+    try:
+        tree.bulk_load(items)
+        tree.checkpoint(SEED_SLOT)
+    finally:
+        tree.close()
+    _write_durably(os.path.join(directory, "tree.meta"), encode(SnapshotMeta(SEED_SLOT, ZERO_BALLOT, members)))
+    os.replace(building, path)
+    _fsync_dir(directory)
+
+
+def is_seeded(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, "tree.db"))
+
+
 class Replica:
     """Replica ``replica_id`` of ``group``; ``send(m)`` puts a message on the network.
 
@@ -130,8 +167,11 @@ class Replica:
     def __init__(self, directory: str, replica_id: int, members: tuple, send, *, group: int = 0,
                  timing: Timing = Timing(), seed: int = 0, backend: str | None = None, sync: str = "auto",
                  segment_bytes: int = WAL_SEGMENT_BYTES_DEFAULT, checkpoint_entries: int = CHECKPOINT_ENTRIES,
-                 log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic):
+                 log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic, apply=None):
         self.id = replica_id
+        # apply(tree, slot, data) applies one committed command to the tree; it returns None, or the
+        # exception to answer its proposer with when the state machine refused it (nothing written).
+        self._apply_command = apply or _apply_batch
         self.group = group
         self.directory = directory
         self.send = send
@@ -215,7 +255,11 @@ class Replica:
     async def read_barrier(self) -> None:
         """Return once this replica may serve a strongly consistent read: it leads under a
         valid lease and has applied everything committed when the read arrived."""
-        index = self.core.read(self.clock())
+        await self.wait_applied(self.core.read(self.clock()))
+
+    async def wait_applied(self, index: int) -> None:
+        """Return once this replica has applied slot ``index`` (a follower's read at an index
+        its group's leader vouched for). NotLeader if the replica gives up its waiters."""
         if self.applied < index:
             future = asyncio.get_running_loop().create_future()
             self._reads.append((index, future))
@@ -276,8 +320,7 @@ class Replica:
         if e.slot <= self.applied:
             return  # covered by a snapshot installed while this Ready waited for the disk
         assert e.slot == self.applied + 1, (self.id, e.slot, self.applied)
-        if e.kind == COMMAND:
-            self.tree.write_batch(decode_batch(e.data))
+        refused = self._apply_command(self.tree, e.slot, e.data) if e.kind == COMMAND else None
         self.applied = e.slot
         waiter = self._waiting.pop(e.slot, None)
         if waiter is not None:
@@ -285,7 +328,10 @@ class Replica:
             if future.done():
                 return
             if e.kind == COMMAND and e.data == data:
-                future.set_result(e.slot)
+                if refused is None:
+                    future.set_result(e.slot)
+                else:
+                    future.set_exception(refused)
             else:
                 future.set_exception(NotLeader(self.id, self.core.leader))
 

@@ -3,17 +3,35 @@ every table partition as a replication group with one replica on each node.
 
 Layout under the node's data directory::
 
-    meta/                 this node's replica of the metadata group (group 0)
-    tables/<TableId>/     this node's replica of the table's one partition (replicated.py)
+    meta/                         this node's replica of the metadata group (group 0)
+    tables/<TableId>/<group>/     this node's replica of each partition of the table (replicated.py)
 
 Metadata group, applied tree (keys are bytes)::
 
     b"t" + table name (UTF-8)  ->  the table description as JSON (orjson), as the operations keep it
     b"d" + TableId             ->  b""   the table was deleted: its replicas are removed
+    b"m" + TableId             ->  the partition map: JSON {"version": n, "partitions": [{"start",
+                                   "end" (hex item storage keys, end null for the last), "group",
+                                   "replicas": [node ids], "leader": node id | null}, ...]}
 
-A table's partition is replication group ``table_group(TableId)`` (63 bits of the UUID, so
-every node names it the same without asking anyone). Every node runs a replica of every
-group; replica ids are node ids.
+The partition map is published by the control plane (``publish_map``, at the metadata
+leader, after each change it sees in the range records); status and operators read it.
+
+A table starts as one partition, replication group ``table_group(TableId)`` (63 bits of the
+UUID, so every node names it the same without asking anyone), holding every key. A partition
+splits into two groups (replicated.py): the range record in each group's tree names the groups
+split off it, so this node finds a table's partitions, in key order, by walking from the first
+group through the range records of its own replicas (``partitions``, ``partition_for``); it
+opens a replica of every group it finds. A replica that has not yet applied the split is one
+step behind, as eventually consistent reads may be; the leader of a group has applied every
+split committed before it serves a strongly consistent read or a write, and a write proposed
+before a split that commits after it is refused (StaleRange) and routed again.
+
+Requests that must run at the leader (writes, strongly consistent reads) run with
+``STRONG`` set: ``partition_for`` then raises Reroute naming the group when this replica may
+not serve it now, and the request router (node/routing.py) takes the request to that group's
+leader. A replica opened empty (a node that missed the split and waits for a snapshot) raises
+Reroute for any read. Every node runs a replica of every group; replica ids are node ids.
 
 Catalog reads (``table``, ``table_names``) read this node's applied metadata tree: a
 follower may lag the leader by a heartbeat. The request router (dynstore/node/routing.py)
@@ -35,6 +53,7 @@ metadata group, then reconciles).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import shutil
 import time
@@ -50,10 +69,24 @@ from dynstore.router.replicated import ReplicaGroup, ReplicatedPartition
 META_GROUP = 0
 _TABLE = b"t"
 _DELETED = b"d"
+_MAP = b"m"
+
+# Set while a request runs that must see the latest state (a write, a strongly consistent read);
+# the groups in VOUCHED are those a leader vouched for (a read index this replica has applied).
+STRONG: contextvars.ContextVar[bool] = contextvars.ContextVar("STRONG", default=False)
+VOUCHED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("VOUCHED", default=frozenset())
+
+
+class Reroute(Exception):
+    """The request must run at the leader of replication group ``group``."""
+
+    def __init__(self, group: int):
+        self.group = group
+        super().__init__(f"the request belongs at the leader of replication group {group}")
 
 
 def table_group(table_id: str) -> int:
-    """The replication group of a table's partition: nonzero, so never the metadata group."""
+    """The first replication group of a table: nonzero, so never the metadata group."""
     return (uuid.UUID(table_id).int & ((1 << 63) - 1)) or 1
 
 
@@ -63,6 +96,9 @@ class ClusterRouter:
     def __init__(self, data_dir: str, node_id: int, peers: dict[int, tuple[str, int]], *, on_fatal,
                  backend: str | None = None, sync: str = "auto"):
         self.data_dir = data_dir
+        # control(op, request): a control call run at the leader of the group it names
+        # (node/routing.py sets it; Split and ReadIndex).
+        self.control = None
         self.node_id = node_id
         self._peers = dict(peers)
         self._on_fatal = on_fatal
@@ -73,16 +109,24 @@ class ClusterRouter:
         host, port = self._peers[node_id]
         self.listener = Listener(host, port)
         self.catalog_lock = asyncio.Lock()
-        self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"))
-        self._groups: dict[str, ReplicaGroup] = {}  # TableId -> this node's replica of its partition
+        self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"), None)
+        self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
+        self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
         self._reconciled_at = -1  # the metadata slot applied when reconcile last ran
         # A replica that cannot be opened (a corrupt log) stops the node, as a replica's own failures do.
         self._tasks = Tasks(f"node {node_id} catalog", on_fatal)
 
-    def _group(self, group: int, directory: str) -> ReplicaGroup:
+    def _group(self, group: int, directory: str, table_id: str | None, child: bool = False) -> ReplicaGroup:
+        def directory_of(other: int) -> str:
+            return self._group_dir(table_id, other)
+
+        def on_child(other: int) -> None:
+            if table_id not in self._removed():
+                self._open(table_id, other, child=True)
         return ReplicaGroup(group, directory, self.node_id, self._peers, self.listener, on_fatal=self._on_fatal,
-                            backend=self._backend, sync=self._sync)
+                            backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
+                            child=child)
 
     async def start(self) -> None:
         await self.listener.start()
@@ -106,11 +150,14 @@ class ClusterRouter:
     def table_names(self) -> list[str]:
         return [key[1:].decode() for key, _ in self.meta.replica.tree.scan(_TABLE, b"u")]
 
+    def _removed(self) -> set[str]:
+        return {key[1:].decode() for key, _ in self.meta.replica.tree.scan(_DELETED, b"e")}
+
     async def create_table(self, desc: dict) -> None:
         """Durable in the catalog, and (within FORWARD_WAIT_S) the table's group has elected a
         leader, so the table CreateTable reports ACTIVE takes writes at once."""
         await self.meta.write([(_TABLE + desc["TableName"].encode(), orjson.dumps(desc))])
-        group = self._open(desc["TableId"])
+        group = self._open(desc["TableId"], table_group(desc["TableId"]))
         deadline = time.monotonic() + FORWARD_WAIT_S
         while group.leader_hint() is None and time.monotonic() < deadline:
             await asyncio.sleep(FORWARD_POLL_S)
@@ -120,46 +167,109 @@ class ClusterRouter:
 
     async def delete_table(self, name: str) -> None:
         table_id = self.table(name)["TableId"]
-        await self.meta.write([(_TABLE + name.encode(), None), (_DELETED + table_id.encode(), b"")])
+        await self.meta.write([(_TABLE + name.encode(), None), (_MAP + table_id.encode(), None),
+                               (_DELETED + table_id.encode(), b"")])
         await self._remove(table_id)
 
     # -- partitions -------------------------------------------------------------------------------
 
-    def group_of(self, desc: dict) -> ReplicaGroup:
-        """This node's replica of the table's (one) partition."""
-        return self._groups.get(desc["TableId"]) or self._open(desc["TableId"])
+    def _group_dir(self, table_id: str, group: int) -> str:
+        return os.path.join(self._tables_dir, table_id, str(group))
 
-    def partition_for(self, desc: dict, key: bytes) -> ReplicatedPartition:
-        # One partition per table for now: it serves every key.
-        return self.group_of(desc).view()
-
-    def partitions(self, desc: dict) -> list[ReplicatedPartition]:
-        return [self.group_of(desc).view()]
-
-    def _open(self, table_id: str) -> ReplicaGroup:
-        group = self._groups.get(table_id)
+    def _open(self, table_id: str, group_id: int, *, child: bool = False) -> ReplicaGroup:
+        group = self.groups.get(group_id)
         if group is None:
-            group = self._groups[table_id] = self._group(table_group(table_id),
-                                                         os.path.join(self._tables_dir, table_id))
+            group = self.groups[group_id] = self._group(group_id, self._group_dir(table_id, group_id), table_id,
+                                                        child)
+            self._table_of[group_id] = table_id
             group.start()
         return group
 
+    def _walk(self, desc: dict) -> list[ReplicaGroup]:
+        """This node's replicas of the table's partitions, in key order."""
+        table_id = desc["TableId"]
+        found, todo = [], [(b"", table_group(table_id), False)]
+        while todo:
+            start, group_id, child = todo.pop()
+            group = self.groups.get(group_id) or self._open(table_id, group_id, child=child)
+            found.append((start, group))
+            todo.extend((key, g, True) for key, g in group.range.children)
+        found.sort(key=lambda entry: entry[0])
+        return [group for _, group in found]
+
+    def _checked(self, group: ReplicaGroup) -> ReplicatedPartition:
+        if STRONG.get():
+            if not (group.serves_strong() or group.group in VOUCHED.get()):
+                raise Reroute(group.group)
+        elif not group.seeded:
+            raise Reroute(group.group)
+        return group.view()
+
+    def group_for(self, desc: dict, key: bytes) -> ReplicaGroup:
+        """This node's replica of the group that holds item storage key ``key``, as far as this
+        node's replicas know."""
+        group = self.groups.get(table_group(desc["TableId"])) or self._open(desc["TableId"],
+                                                                             table_group(desc["TableId"]))
+        while True:
+            rng = group.range
+            if rng.holds(key) or not group.seeded:
+                return group
+            child = max((c for c in rng.children if c[0] <= key), key=lambda c: c[0])[1]
+            group = self.groups.get(child) or self._open(desc["TableId"], child, child=True)
+
+    def partition_for(self, desc: dict, key: bytes) -> ReplicatedPartition:
+        return self._checked(self.group_for(desc, key))
+
+    def partitions(self, desc: dict) -> list[ReplicatedPartition]:
+        return [self._checked(group) for group in self._walk(desc)]
+
+    def table_groups(self, desc: dict) -> list[ReplicaGroup]:
+        return self._walk(desc)
+
+    async def split(self, desc: dict, partition: ReplicatedPartition, key: bytes) -> int:
+        """Split ``partition`` at item storage key ``key`` (at its group's leader, wherever that
+        is); returns the new group's id once the split is applied at the leader."""
+        child = (uuid.uuid4().int & ((1 << 63) - 1)) or 1
+        await self.control("Split", {"table": desc["TableName"], "group": partition.group.group,
+                                     "key": key.hex(), "child": child})
+        return child
+
+    def partition_map(self, desc: dict) -> list[dict]:
+        """The table's partitions as this node's replicas know them (the map's "partitions")."""
+        return [{"start": group.range.start.hex(), "end": None if group.range.end is None else group.range.end.hex(),
+                 "group": group.group, "replicas": sorted(self._peers), "leader": group.leader_hint()}
+                for group in self._walk(desc)]
+
+    def stored_map(self, table_id: str) -> dict | None:
+        stored = self.meta.replica.tree.get(_MAP + table_id.encode())
+        return None if stored is None else orjson.loads(stored)
+
+    async def publish_map(self) -> None:
+        """Write the partition map of every table whose partitions or leaders changed."""
+        for name in self.table_names():
+            desc = self.table(name)
+            partitions = self.partition_map(desc)
+            stored = self.stored_map(desc["TableId"])
+            if stored is None or stored["partitions"] != partitions:
+                version = 1 if stored is None else stored["version"] + 1
+                await self.meta.write([(_MAP + desc["TableId"].encode(),
+                                        orjson.dumps({"version": version, "partitions": partitions}))])
+
     async def _remove(self, table_id: str) -> None:
-        group = self._groups.pop(table_id, None)
-        if group is not None:
-            await group.close(remove=True)
+        for group_id in [g for g, t in self._table_of.items() if t == table_id]:
+            del self._table_of[group_id]
+            await self.groups.pop(group_id).close(remove=True)
         shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)
 
     async def reconcile(self) -> None:
-        """Open the replica of every table in the catalog; remove those of deleted tables."""
-        tree = self.meta.replica.tree
-        for _, stored in tree.scan(_TABLE, b"u"):
-            table_id = orjson.loads(stored)["TableId"]
-            if table_id not in self._groups and tree.get(_DELETED + table_id.encode()) is None:
-                self._open(table_id)
-        for key, _ in tree.scan(_DELETED, b"e"):
-            table_id = key[1:].decode()
-            if table_id in self._groups or os.path.exists(os.path.join(self._tables_dir, table_id)):
+        """Open the replicas of every table in the catalog; remove those of deleted tables."""
+        removed = self._removed()
+        for name in self.table_names():
+            desc = self.table(name)
+            if desc["TableId"] not in removed:
+                self._walk(desc)
+        for table_id in removed:
+            if table_id in self._table_of.values() or os.path.exists(os.path.join(self._tables_dir, table_id)):
                 await self._remove(table_id)
 
     async def _reconcile_forever(self) -> None:
@@ -172,17 +282,18 @@ class ClusterRouter:
 
     def status(self) -> dict:
         """Each group this node holds a replica of, with its replica's status (replica.py)."""
-        groups = {"meta": self.meta.replica.status()}
+        groups = {"meta": self.meta.status()}
         for name in self.table_names():
-            table_id = self.table(name)["TableId"]
-            if table_id in self._groups:
-                groups[name] = self._groups[table_id].replica.status()
+            desc = self.table(name)
+            for group in self._walk(desc):
+                root = group.group == table_group(desc["TableId"])
+                groups[name if root else f"{name}#{group.group}"] = group.status()
         return groups
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
-        for group in list(self._groups.values()):
+        for group in list(self.groups.values()):
             await group.close()
-        self._groups.clear()
+        self.groups.clear()
         await self.meta.close()
         await self.listener.close()

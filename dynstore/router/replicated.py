@@ -20,9 +20,25 @@ Reads and writes, as partition.py asks of them:
   the entry is committed on a quorum, durable and applied here. A leader that steps down
   fails it with NotLeader: the write may still commit under the next leader.
 
+Key ranges and splits. A table's partition is a range of item storage keys [start, end); the
+group's range record (schema.RANGE_KEY in its tree, JSON ``{"start", "end", "gen", "children":
+[[start, group], ...]}`` with keys in hex, end null for the last) says which range the group
+holds, and which groups took the upper parts of it when it split. A group with no record
+holds every key (a table's first group). Every command of a group is ``u64 gen | batch``:
+``gen`` is the range record's generation when the write was proposed, and a command whose
+generation is not the group's at apply time is refused with StaleRange (not applied, so its
+request can run again where its key now lives). A split is a command too, whose batch is the
+one op ``(RANGE_KEY, {"key", "child", "members", "desc"})``: every replica applies it at the
+same slot by seeding the child group's replica directory with the items from ``key`` on
+(replica.seed_replica; skipped when the directory is already seeded, as after a crash that
+came before the parent's tree was checkpointed past the split), then deleting them here and
+writing the new range record with ``gen + 1``. Writes in flight under the old generation are
+then refused, so running totals (the statistics record) computed before the split are
+never applied after it.
+
 A ``ReplicatedPartition`` is a view of the group for one epoch: the router hands out a new
 view once the replica leads with everything committed before its term applied (and, until
-then, whenever it applied more), so per-partition figures the operations cache by
+then, whenever it applied more), and whenever its range changes, so per-partition figures the operations cache by
 partition (the statistics record, store.py) are reloaded from current state after another
 leader wrote it, never kept from a tree that was still catching up.
 """
@@ -30,35 +46,89 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import struct
+from dataclasses import dataclass
 from typing import Iterator
 
+import orjson
+
+from dynstore.api.operations.schema import RANGE_KEY
+from dynstore.api.operations.split import split_batches
 from dynstore.limits import ELECTION_TIMEOUT_S
-from dynstore.replication.errors import NotLeader
+from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import STORAGE
 from dynstore.replication.paxos import LEADER, Timing
-from dynstore.replication.replica import Replica
+from dynstore.replication.replica import SEED_SLOT, Replica, is_seeded, seed_replica
 from dynstore.replication.transport import Listener, Transport
-from dynstore.storage.engine import encode_batch
+from dynstore.storage.engine import decode_batch, encode_batch
+
+_GEN = struct.Struct("<Q")
+
+
+def _hex(key: bytes | None) -> str | None:
+    return None if key is None else key.hex()
+
+
+def _unhex(text: str | None) -> bytes | None:
+    return None if text is None else bytes.fromhex(text)
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The item storage keys [start, end) a group holds, and the groups split off from it."""
+    start: bytes = b""
+    end: bytes | None = None  # None: no end
+    gen: int = 0  # splits of this group so far
+    children: tuple = ()  # (start, group) of each group split off, in the order of the splits
+
+    def holds(self, key: bytes) -> bool:
+        return self.start <= key and (self.end is None or key < self.end)
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"start": _hex(self.start), "end": _hex(self.end), "gen": self.gen,
+                             "children": [[_hex(start), group] for start, group in self.children]})
+
+    @classmethod
+    def decode(cls, stored: bytes | None) -> "KeyRange":
+        if stored is None:
+            return cls()
+        record = orjson.loads(stored)
+        return cls(_unhex(record["start"]), _unhex(record["end"]), record["gen"],
+                   tuple((_unhex(start), group) for start, group in record["children"]))
 
 
 class ReplicaGroup:
-    """Replica ``node_id`` of ``group``; ``peers`` maps node id -> replication (host, port)."""
+    """Replica ``node_id`` of ``group``; ``peers`` maps node id -> replication (host, port).
+
+    ``directory_of(group)`` is where this node keeps a replica of another group (the child
+    of a split), and ``on_child(group)`` is called once a split has seeded one. ``child``
+    says this group was split off another: its state then starts as a seed (SEED_SLOT).
+    """
 
     def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
-                 backend: str | None = None, sync: str = "auto"):
+                 backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
+                 child: bool = False):
         self.group = group
         self.directory = directory
         self.node_id = node_id
         self._listener = listener
+        self._backend = backend
+        self._directory_of = directory_of
+        self._on_child = on_child
+        self._child = child
         members = tuple((rid, STORAGE) for rid in sorted(peers))
         self.transport = Transport(node_id, group, peers, self._on_message, on_fatal=on_fatal)
         self.replica = Replica(directory, node_id, members, self.transport.send, group=group,
                                timing=Timing(election_timeout=election_timeout,
                                              heartbeat_interval=election_timeout / 10),
-                               seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal)
+                               seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal,
+                               apply=self._apply)
+        self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
+        self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
         # Writes proposed here and not yet applied: key -> newest value, and how many writes of
-        # the key are in flight (the overlay of get_latest).
+        # the key are in flight (the overlay of get_latest). A split starts both afresh: the
+        # writes still in flight then are refused.
         self._latest: dict[bytes, bytes | None] = {}
         self._inflight: dict[bytes, int] = {}
         # Each write in flight: a future set to whether it was applied, and its keys (for settle).
@@ -74,6 +144,55 @@ class ReplicaGroup:
         self.transport.dial()
         self.replica.start()
 
+    # --- key range ----------------------------------------------------------------------------
+
+    @property
+    def range(self) -> KeyRange:
+        if self.replica.tree is not self._range_tree:
+            self._range_tree = self.replica.tree
+            self._range = KeyRange.decode(self._range_tree.get(RANGE_KEY))
+        return self._range
+
+    @property
+    def seeded(self) -> bool:
+        """This replica holds the group's state (a replica opened empty waits for a snapshot)."""
+        return not self._child or self.replica.applied >= SEED_SLOT
+
+    def _apply(self, tree, slot: int, data: bytes):
+        (gen,) = _GEN.unpack_from(data)
+        current = self.range
+        if gen != current.gen:
+            return StaleRange(self.group)
+        ops = decode_batch(data[_GEN.size:])
+        if ops and ops[0][0] == RANGE_KEY:
+            self._split(tree, slot, current, orjson.loads(ops[0][1]))
+        else:
+            tree.write_batch(ops)
+        return None
+
+    def _split(self, tree, slot: int, current: KeyRange, command: dict) -> None:
+        key, child = bytes.fromhex(command["key"]), command["child"]
+        assert current.holds(key) and key > current.start, (self.group, key, current)
+        items = [(k, v) for k, v in tree.scan() if k != RANGE_KEY]
+        left_ops, right_items = split_batches(command["desc"], items, key)
+        directory = self._directory_of(child)
+        if not is_seeded(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+            right = sorted(right_items + [(RANGE_KEY, KeyRange(key, current.end).encode())])
+            members = tuple(tuple(m) for m in command["members"])
+            seed_replica(directory, right, members, backend=self._backend)
+        self._range = KeyRange(current.start, key, current.gen + 1, current.children + ((key, child),))
+        tree.write_batch(left_ops + [(RANGE_KEY, self._range.encode())])
+        self._latest, self._inflight = {}, {}
+        asyncio.get_running_loop().call_soon(self._on_child, child)
+
+    async def split(self, key: bytes, child: int, desc: dict) -> None:
+        """Split off the keys from ``key`` on into new group ``child`` (at the leader, after
+        read_barrier); returns once applied here."""
+        members = [list(m) for m in self.replica.core.members]
+        command = orjson.dumps({"key": key.hex(), "child": child, "members": members, "desc": desc})
+        await self.replica.put(_GEN.pack(self.range.gen) + encode_batch([(RANGE_KEY, command)]))
+
     # --- leadership ---------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
@@ -85,17 +204,25 @@ class ReplicaGroup:
     async def read_barrier(self) -> None:
         await self.replica.read_barrier()
 
+    def serves_strong(self) -> bool:
+        """A strongly consistent read or a write may run here now (what read_barrier waits for)."""
+        try:
+            return self.replica.applied >= self.replica.core.read(self.replica.clock())
+        except NotLeader:
+            return False
+
     def view(self) -> "ReplicatedPartition":
         replica, core = self.replica, self.replica.core
         # A leader's view lasts its term, from the moment it has applied everything committed
         # before (its figures are then loaded from current state); until then, and on a
         # follower, a view lasts until the replica applies more, so the figures it reports
-        # follow the writes of the leader.
-        if core.role == LEADER and (self._view_epoch == ("leader", core.ballot) or (
+        # follow the writes of the leader. A split starts a new view either way.
+        gen = self.range.gen
+        if core.role == LEADER and (self._view_epoch == ("leader", core.ballot, gen) or (
                 core.lease_valid(replica.clock()) and replica.applied >= core.commit)):
-            epoch = ("leader", core.ballot)
+            epoch = ("leader", core.ballot, gen)
         else:
-            epoch = ("follower", replica.applied)
+            epoch = ("follower", replica.applied, gen)
         if self._view is None or epoch != self._view_epoch:
             self._view, self._view_epoch = ReplicatedPartition(self), epoch
         return self._view
@@ -109,23 +236,24 @@ class ReplicaGroup:
 
     async def write(self, ops: list[tuple[bytes, bytes | None]]) -> int:
         keys = [k for k, _ in ops]
+        latest, inflight = self._latest, self._inflight
         for key, value in ops:
-            self._latest[key] = value
-            self._inflight[key] = self._inflight.get(key, 0) + 1
+            latest[key] = value
+            inflight[key] = inflight.get(key, 0) + 1
         done = asyncio.get_running_loop().create_future()
         self._writes[done] = keys
         applied = False
         try:
-            slot = await self.replica.put(encode_batch(ops))
+            slot = await self.replica.put(_GEN.pack(self.range.gen) + encode_batch(ops))
             applied = True
             return slot
         finally:
             for key in keys:
-                left = self._inflight[key] - 1
+                left = inflight[key] - 1
                 if left:
-                    self._inflight[key] = left
+                    inflight[key] = left
                 else:
-                    del self._inflight[key], self._latest[key]
+                    del inflight[key], latest[key]
             del self._writes[done]
             done.set_result(applied)
 
@@ -136,11 +264,16 @@ class ReplicaGroup:
         if waits and not all(await asyncio.gather(*waits)):
             raise NotLeader(self.node_id, self.leader_hint())
 
+    def status(self) -> dict:
+        rng = self.range
+        return dict(self.replica.status(), group=self.group, start=_hex(rng.start), end=_hex(rng.end),
+                    gen=rng.gen, seeded=self.seeded)
+
     async def close(self, *, remove: bool = False) -> None:
         """Stop after the writes in flight; ``remove`` deletes the replica's files (the
         table was deleted)."""
         if self._writes:
-            await asyncio.gather(*self._writes)
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self._listener.transports.get(self.group) is self.transport:
             del self._listener.transports[self.group]
         await self.transport.close()
@@ -150,10 +283,13 @@ class ReplicaGroup:
 
 
 class ReplicatedPartition:
-    """The Partition face (router/partition.py) of a ReplicaGroup, for one leadership epoch."""
+    """The Partition face (router/partition.py) of a ReplicaGroup, for one epoch."""
 
     def __init__(self, group: ReplicaGroup):
         self.group = group
+        rng = group.range
+        self.start = rng.start  # the item storage keys this partition holds: [start, end)
+        self.end = rng.end
         self.reads = 0  # key lookups and range scans, as Partition counts them
         self.writes = 0  # write batches
 

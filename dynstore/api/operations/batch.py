@@ -72,7 +72,7 @@ async def batch_get_item(state, request: dict) -> dict:
     return out
 
 
-def _plan_writes(state, request_items: dict) -> list:
+def plan_writes(state, request_items: dict) -> list:
     """Every write of a BatchWriteItem, validated: (table name, table, request, key, item or None)."""
     total = sum(len(requests) for requests in request_items.values())
     if total > limits.BATCH_WRITE_REQUESTS_MAX:
@@ -102,7 +102,7 @@ def _plan_writes(state, request_items: dict) -> list:
 
 
 async def batch_write_item(state, request: dict) -> dict:
-    plans = _plan_writes(state, request["RequestItems"])
+    plans = plan_writes(state, request["RequestItems"])
     consumed: dict[str, Consumed] = {}
     writes = []
     for name, table, _, key, item in plans:

@@ -29,6 +29,7 @@ from dynstore.api.values import attribute_value_size
 STATS_KEY = b"\x00"
 ITEMS = b"\x01"
 INDEXES = b"\x02"
+RANGE_KEY = b"\x03"  # in a cluster, the key range of the partition's group (router/replicated.py)
 CANARY_KEY = b"\xff"  # the last byte, so key spaces added later never pass it
 _HASH_BYTES = limits.STORAGE_KEY_HASH_BYTES
 _INVALID = "One or more parameter values were invalid: "

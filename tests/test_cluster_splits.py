@@ -1,0 +1,151 @@
+"""Partitions of a `dynstore up --nodes 3` cluster split by themselves under load, through boto3.
+
+The split size is set small, so a table of a few hundred items splits several times while
+clients write and read through every node with retries off: no request may fail, and
+afterwards Query, Scan (paged, parallel, strongly and eventually consistent) and
+DescribeTable see every acknowledged item exactly once, on every node.
+"""
+import random
+import threading
+import time
+
+import pytest
+
+from test_cluster import Cluster, create_table, item
+
+SPLIT_BYTES = 12_000
+PARTITIONS_MIN = 3  # the load below is ~6 split sizes of items
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path / "data", "--split-bytes", str(SPLIT_BYTES))
+    c.start()
+    yield c
+    c.stop()
+
+
+def partitions(cluster: Cluster, node: int, table: str) -> list[dict]:
+    return [p for p in cluster.status(node)["partitions"] if p["table"] == table]
+
+
+class Load:
+    """Writers and readers through every node; every failure is kept."""
+
+    def __init__(self, cluster: Cluster, table: str, writers: int = 3, readers: int = 2):
+        self.cluster, self.table = cluster, table
+        self.acked: dict[tuple[str, int], str] = {}
+        self.failures: list[str] = []
+        self.reads = 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._write, args=(w,), daemon=True) for w in range(writers)]
+        self.threads += [threading.Thread(target=self._read, args=(r,), daemon=True) for r in range(readers)]
+        for t in self.threads:
+            t.start()
+
+    def _write(self, w: int) -> None:
+        client = self.cluster.client(1 + w % 3)
+        n = 0
+        while not self.stop.is_set():
+            pk, sk = f"w{w}-{n // 3:05d}", n % 3
+            value = f"{pk}/{sk}" + "x" * 60
+            try:
+                client.put_item(TableName=self.table, Item=item(pk, sk, v=value))
+            except Exception as exc:  # noqa: BLE001 - every failure is the test's finding
+                self.failures.append(f"put {pk}/{sk}: {exc!r}")
+                return
+            self.acked[(pk, sk)] = value
+            n += 1
+
+    def _read(self, r: int) -> None:
+        client = self.cluster.client(3 - r % 3)
+        rng = random.Random(r)
+        while not self.stop.is_set():
+            if not self.acked:
+                time.sleep(0.01)
+                continue
+            (pk, sk), value = rng.choice(list(self.acked.items()))
+            try:
+                got = client.get_item(TableName=self.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+                                      ConsistentRead=True)
+                q = client.query(TableName=self.table, KeyConditionExpression="pk = :p", ConsistentRead=True,
+                                 ExpressionAttributeValues={":p": {"S": pk}})
+            except Exception as exc:  # noqa: BLE001
+                self.failures.append(f"read {pk}/{sk}: {exc!r}")
+                return
+            if got.get("Item", {}).get("v") != {"S": value}:
+                self.failures.append(f"read {pk}/{sk}: {got.get('Item')!r}, acknowledged {value!r}")
+            if sk not in {int(i["sk"]["N"]) for i in q["Items"]}:
+                self.failures.append(f"query {pk} lacks acknowledged sort key {sk}: {q['Items']!r}")
+            self.reads += 1
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def scan_all(client, table: str, **kwargs) -> list[tuple[str, int]]:
+    keys = []
+    while True:
+        page = client.scan(TableName=table, **kwargs)
+        keys += [(i["pk"]["S"], int(i["sk"]["N"])) for i in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            return keys
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def test_table_splits_under_load_without_failed_requests(cluster):
+    create_table(cluster.client(1), "orders")
+    load = Load(cluster, "orders")
+    deadline = time.monotonic() + 90
+    try:
+        while len(partitions(cluster, 1, "orders")) < PARTITIONS_MIN or len(load.acked) < 600:
+            assert not load.failures, load.failures[:5]
+            assert time.monotonic() < deadline, (len(load.acked), partitions(cluster, 1, "orders"),
+                                                 cluster.describe())
+            time.sleep(0.1)
+    finally:
+        load.join()
+    assert not load.failures, load.failures[:5]
+    assert load.reads > 50
+    acked = set(load.acked)
+    client = cluster.client(2)
+    for kwargs in ({"ConsistentRead": True}, {"ConsistentRead": True, "Limit": 37}):
+        keys = scan_all(client, "orders", **kwargs)
+        assert len(keys) == len(set(keys)) and set(keys) == acked, kwargs
+    cluster.wait_converged("orders")
+    for node in (1, 2, 3):  # each node's own replicas, in parallel segments
+        client = cluster.client(node)
+        keys = [k for segment in range(4)
+                for k in scan_all(client, "orders", Segment=segment, TotalSegments=4, Limit=50)]
+        assert len(keys) == len(set(keys)) and set(keys) == acked, node
+        assert client.describe_table(TableName="orders")["Table"]["ItemCount"] == len(acked)
+    parts = partitions(cluster, 1, "orders")
+    assert len(parts) >= PARTITIONS_MIN
+    assert sum(p["items"] for p in parts) == len(acked)
+    # The ranges tile the key space, in order.
+    assert parts[0]["start"] == "" and parts[-1]["end"] is None
+    assert all(a["end"] == b["start"] for a, b in zip(parts, parts[1:]))
+    # Every item collection is whole in one partition: Query of each partition key sees all its items.
+    for pk in {pk for pk, _ in acked}:
+        q = client.query(TableName="orders", KeyConditionExpression="pk = :p",
+                         ExpressionAttributeValues={":p": {"S": pk}})
+        assert {(pk, int(i["sk"]["N"])) for i in q["Items"]} == {k for k in acked if k[0] == pk}
+
+
+def test_splits_survive_the_whole_cluster_killed(cluster):
+    create_table(cluster.client(1), "ledger")
+    load = Load(cluster, "ledger", readers=0)
+    deadline = time.monotonic() + 90
+    while len(partitions(cluster, 1, "ledger")) < 2 or len(load.acked) < 300:
+        assert not load.failures and time.monotonic() < deadline, (load.failures[:5], cluster.describe())
+        time.sleep(0.05)
+    cluster.kill_tree()  # splits and writes in flight
+    load.join()
+    acked = dict(load.acked)
+    cluster.start()
+    client = cluster.client(3)
+    found = scan_all(client, "ledger", ConsistentRead=True)
+    assert len(found) == len(set(found))
+    assert acked.keys() <= set(found), len(acked.keys() - set(found))
