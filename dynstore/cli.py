@@ -58,8 +58,13 @@ def main():
                    "each node, so use 3) instead of one process; node 1 serves on --port.")
 @click.option("--split-bytes", type=click.IntRange(min=1), default=limits.PARTITION_SPLIT_BYTES_DEFAULT,
               show_default=True, help="Split a partition once its items pass this many bytes (with --nodes).")
+@click.option("--hot-rate", type=click.FloatRange(min=0, min_open=True), default=limits.HOT_RATE_MIN_DEFAULT,
+              show_default=True, help="Split a partition that takes half a node's requests at this many per "
+                                      "second ... (with --nodes)")
+@click.option("--hot-seconds", type=click.FloatRange(min=0), default=limits.HOT_SUSTAIN_S_DEFAULT,
+              show_default=True, help="... for this long.")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None, split_bytes: int):
+       canary_interval: float, nodes: int | None, split_bytes: int, hot_rate: float, hot_seconds: float):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     try:
         credentials = Credentials.load(credentials_file)
@@ -73,8 +78,9 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
-        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes),
-                               data_dir))
+        configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes, hot_rate,
+                                  hot_seconds)
+        uvloop.run(run_cluster(configs, data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
 

@@ -342,3 +342,19 @@ SPLIT_CHECK_INTERVAL_S = 1.0
 SPLIT_RETRY_GROWTH = 1 / 8
 
 assert 0 < SPLIT_RETRY_GROWTH < 1 and SPLIT_CHECK_INTERVAL_S > 0
+
+# --- hot partitions (dynstore/autoadmin/heat.py) -------------------------------------------------
+
+# A partition is hot on a node when it takes at least this share of the node's requests: one
+# partition then decides the node's load, and its two halves could be led from two nodes.
+HOT_SHARE_MIN = 0.5
+# ... at this rate or more: DynamoDB's own per-partition write limit (1,000 write units a second),
+# about a quarter of what one group's log takes here, so a split comes before the log saturates.
+HOT_RATE_MIN_DEFAULT = 1000.0
+# ... for this long: a burst is not heat, and a split costs a copy of the partition.
+HOT_SUSTAIN_S_DEFAULT = 30.0
+# Item keys each partition remembers of its latest requests, to cut a hot one at the median of
+# its traffic: enough for a median within a few percent, small enough to ship in one reply.
+HOT_KEY_SAMPLE = 512
+
+assert 0 < HOT_SHARE_MIN <= 1 and HOT_RATE_MIN_DEFAULT > 0 and HOT_SUSTAIN_S_DEFAULT >= SPLIT_CHECK_INTERVAL_S

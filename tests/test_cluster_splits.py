@@ -5,13 +5,15 @@ clients write and read through every node with retries off: no request may fail,
 afterwards Query, Scan (paged, parallel, strongly and eventually consistent) and
 DescribeTable see every acknowledged item exactly once, on every node.
 """
+import os
 import random
+import signal
 import threading
 import time
 
 import pytest
 
-from test_cluster import Cluster, create_table, item
+from test_cluster import Cluster, Writers, assert_all_present, create_table, item
 
 SPLIT_BYTES = 12_000
 PARTITIONS_MIN = 3  # the load below is ~6 split sizes of items
@@ -149,3 +151,53 @@ def test_splits_survive_the_whole_cluster_killed(cluster):
     found = scan_all(client, "ledger", ConsistentRead=True)
     assert len(found) == len(set(found))
     assert acked.keys() <= set(found), len(acked.keys() - set(found))
+
+
+def test_a_hot_partition_splits_though_it_is_small(tmp_path):
+    """A partition that takes the node's requests at the hot rate splits without growing;
+    the readers see every item throughout."""
+    cluster = Cluster(tmp_path / "hot", "--hot-rate", "40", "--hot-seconds", "2")
+    cluster.start()
+    try:
+        client = cluster.client(1)
+        create_table(client, "hot")
+        keys = [(f"user{i:03d}", 0) for i in range(60)]
+        for pk, sk in keys:
+            client.put_item(TableName="hot", Item=item(pk, sk, v=pk))
+        assert len(partitions(cluster, 1, "hot")) == 1
+        deadline = time.monotonic() + 60
+        rng = random.Random(7)
+        while len(partitions(cluster, 1, "hot")) < 2:
+            assert time.monotonic() < deadline, cluster.describe()
+            pk, sk = rng.choice(keys)  # eventually consistent: served by node 1's own replicas
+            got = client.get_item(TableName="hot", Key={"pk": {"S": pk}, "sk": {"N": str(sk)}})
+            assert got["Item"]["v"] == {"S": pk}
+        cluster.wait_converged("hot")
+        assert sorted(scan_all(client, "hot", ConsistentRead=True)) == sorted(keys)
+    finally:
+        cluster.stop()
+
+
+def test_node_killed_while_partitions_split(cluster):
+    """kill -9 of a node in the middle of splits: it recovers (re-applying a split it had not
+    checkpointed), every acknowledged write is there once, on every node."""
+    create_table(cluster.client(1), "events")
+    writers = Writers(cluster, "events")
+    try:
+        # Killed after the first split, while the next ones come: ~36 bytes an item.
+        writers.wait_acked(SPLIT_BYTES // 36 + 50, within=60)
+        victim = cluster.leader_of("events")
+        os.kill(cluster.node_pids()[victim], signal.SIGKILL)
+        writers.wait_acked(len(writers.acked) + SPLIT_BYTES // 36, within=60)
+        assert len(partitions(cluster, 1 if victim != 1 else 2, "events")) >= 2
+    finally:
+        writers.join()
+    deadline = time.monotonic() + 30
+    while victim not in cluster.node_pids():
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.1)
+    cluster.wait_converged("events", within=60)
+    for node in (1, 2, 3):
+        assert_all_present(cluster.client(node), "events", writers.acked, consistent=False)
+        keys = scan_all(cluster.client(node), "events")
+        assert len(keys) == len(set(keys))

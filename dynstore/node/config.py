@@ -7,6 +7,8 @@
     region = "us-east-1"                  # the region the endpoint reports
     credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
     split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
+    hot_rate_min = 1000.0                 # a partition this busy (requests/s) and this long hot is split
+    hot_sustain_s = 30.0
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1
@@ -24,7 +26,7 @@ import json
 import tomllib
 from dataclasses import dataclass
 
-from dynstore.limits import PARTITION_SPLIT_BYTES_DEFAULT
+from dynstore.limits import HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, PARTITION_SPLIT_BYTES_DEFAULT
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -54,6 +56,8 @@ class NodeConfig:
     region: str = "us-east-1"
     credentials_file: str = ""
     split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
+    hot_rate_min: float = HOT_RATE_MIN_DEFAULT
+    hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -71,12 +75,15 @@ class NodeConfig:
         nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
                                   _address(n["forward"])) for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
-                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)))
+                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
+                   float(doc.get("hot_rate_min", HOT_RATE_MIN_DEFAULT)),
+                   float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
         lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
-                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}"]
+                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}",
+                 f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]

@@ -51,7 +51,8 @@ async def serve(config: NodeConfig) -> int:
     routing = Routing(state, me.id, {n.id: n.forward for n in config.nodes})
     router.control = lambda op, request: routing.route(op, request, 0)
     control = Tasks(f"node {me.id} autoadmin", fatal)
-    control.spawn(Autoadmin(state, config.split_bytes).run())
+    control.spawn(Autoadmin(state, routing.call_node, [n.id for n in config.nodes], split_bytes=config.split_bytes,
+                            hot_rate_min=config.hot_rate_min, hot_sustain_s=config.hot_sustain_s).run())
     try:
         await routing.start(*me.forward)
 

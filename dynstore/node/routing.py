@@ -42,7 +42,12 @@ dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched
 and the control calls between nodes, each run at the leader of the group it names::
 
     {"id", "op": "ReadIndex", "request": {"group"}, "hops"}        -> result {"index": slot}
-    {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {}
+    {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {"split": bool}
+
+and one answered by the node it is sent to (the control plane's readings of each node)::
+
+    {"id", "op": "Load", "request": {}, "hops": 0}   -> result {"requests": {"<group>": n, ...}}
+    {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -58,7 +63,7 @@ import time
 from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
-from dynstore.limits import FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
+from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
 from dynstore.api.operations.batch import plan_writes
 from dynstore.replication.errors import Busy, NotLeader, StaleRange
 from dynstore.replication.group_process import GroupClient, serve_frames, write_frame
@@ -160,6 +165,7 @@ class Routing:
         self.forwarded = 0  # requests this node sent to another node's leader
         self.operations = {op: self._entry(op) for op in OPERATIONS}
         self._control = {"ReadIndex": self._read_index, "Split": self._split}
+        self._node_control = {"Load": self._load}
 
     def _entry(self, op: str):
         async def routed(state, request: dict) -> dict:
@@ -170,6 +176,8 @@ class Routing:
     # --- deciding where -----------------------------------------------------------------------
 
     async def route(self, op: str, request: dict, hops: int) -> dict:
+        if op in self._node_control:
+            return await self._node_control[op](request)
         if op in self._control:
             return await self._at_leader(self.router.groups[request["group"]], op, request, hops)
         if op in _ANYWHERE:
@@ -291,10 +299,19 @@ class Routing:
         group = self.router.groups[request["group"]]
         return {"index": group.replica.core.read(group.replica.clock())}
 
+    async def _load(self, request: dict) -> dict:
+        """This node's request counter of each group; with "sample": group, that group's
+        latest item keys (hex)."""
+        groups = self.router.groups
+        if "sample" in request:
+            group = groups.get(request["sample"])
+            return {"keys": [] if group is None else [key.hex() for key in group.sampled]}
+        return {"requests": {str(g): group.requests for g, group in groups.items()}}
+
     async def _split(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]
-        await group.split(bytes.fromhex(request["key"]), request["child"], self.router.table(request["table"]))
-        return {}
+        desc = self.router.table(request["table"])
+        return {"split": desc is not None and await group.split(bytes.fromhex(request["key"]), request["child"], desc)}
 
     # --- forwarding -----------------------------------------------------------------------------
 
@@ -306,13 +323,9 @@ class Routing:
         neither answers nor commits, and waiting out FORWARD_TIMEOUT_S would keep the request
         from the new leader for that long.
         """
-        client = self._clients.get(node)
-        if client is None or client.closed:
-            host, port = self.addresses[node]
-            try:
-                client = self._clients[node] = await GroupClient.connect(port, host)
-            except OSError:
-                return None
+        client = await self._client(node)
+        if client is None:
+            return None
         self.forwarded += 1
         call = asyncio.ensure_future(client.call(op, request=request, hops=hops))
         deadline = time.monotonic() + FORWARD_TIMEOUT_S
@@ -335,6 +348,34 @@ class Routing:
             await self._drop_client(node, client)
             raise InternalServerError(f"lost node {node} while it served the request; it may or may not have "
                                       f"taken effect") from None
+        if answer["ok"]:
+            return answer["result"]
+        raise error_from_body(answer["status"], answer["body"])
+
+    async def _client(self, node: int) -> GroupClient | None:
+        """The connection to ``node``'s forward port; None when it cannot be reached."""
+        client = self._clients.get(node)
+        if client is None or client.closed:
+            host, port = self.addresses[node]
+            try:
+                client = self._clients[node] = await asyncio.wait_for(GroupClient.connect(port, host),
+                                                                      CONNECT_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError):
+                return None
+        return client
+
+    async def call_node(self, node: int, op: str, request: dict) -> dict:
+        """A node-addressed control call (Load); ConnectionError when ``node`` does not answer."""
+        if node == self.node_id:
+            return await self._node_control[op](request)
+        client = await self._client(node)
+        if client is None:
+            raise ConnectionError(f"node {node} cannot be reached")
+        try:
+            answer = await asyncio.wait_for(client.call(op, request=request, hops=0), FORWARD_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await self._drop_client(node, client)
+            raise ConnectionError(f"node {node} did not answer within {FORWARD_TIMEOUT_S} s") from None
         if answer["ok"]:
             return answer["result"]
         raise error_from_body(answer["status"], answer["body"])

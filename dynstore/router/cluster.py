@@ -223,16 +223,26 @@ class ClusterRouter:
     def partitions(self, desc: dict) -> list[ReplicatedPartition]:
         return [self._checked(group) for group in self._walk(desc)]
 
+    def table_of_group(self, group: int) -> dict | None:
+        """The description of the table a group of this node belongs to (None: deleted)."""
+        table_id = self._table_of.get(group)
+        for name in self.table_names():
+            desc = self.table(name)
+            if desc["TableId"] == table_id:
+                return desc
+        return None
+
     def table_groups(self, desc: dict) -> list[ReplicaGroup]:
         return self._walk(desc)
 
-    async def split(self, desc: dict, partition: ReplicatedPartition, key: bytes) -> int:
+    async def split(self, desc: dict, partition: ReplicatedPartition, key: bytes) -> int | None:
         """Split ``partition`` at item storage key ``key`` (at its group's leader, wherever that
-        is); returns the new group's id once the split is applied at the leader."""
+        is); returns the new group's id once the split is applied at the leader, None when the
+        leader's range no longer holds ``key``."""
         child = (uuid.uuid4().int & ((1 << 63) - 1)) or 1
-        await self.control("Split", {"table": desc["TableName"], "group": partition.group.group,
-                                     "key": key.hex(), "child": child})
-        return child
+        answer = await self.control("Split", {"table": desc["TableName"], "group": partition.group.group,
+                                              "key": key.hex(), "child": child})
+        return child if answer["split"] else None
 
     def partition_map(self, desc: dict) -> list[dict]:
         """The table's partitions as this node's replicas know them (the map's "partitions")."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -54,7 +55,7 @@ import orjson
 
 from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import split_batches
-from dynstore.limits import ELECTION_TIMEOUT_S
+from dynstore.limits import ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE
 from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import STORAGE
 from dynstore.replication.paxos import LEADER, Timing
@@ -135,6 +136,10 @@ class ReplicaGroup:
         self._writes: dict[asyncio.Future, list[bytes]] = {}
         self._view: ReplicatedPartition | None = None
         self._view_epoch = None
+        # Requests this node ran on the group, and the item keys of the latest ones: what the
+        # control plane reads to find hot partitions and where to cut them (autoadmin/heat.py).
+        self.requests = 0
+        self.sampled: deque[bytes] = deque(maxlen=HOT_KEY_SAMPLE)
 
     def _on_message(self, m) -> None:
         self.replica.step(m)
@@ -186,12 +191,17 @@ class ReplicaGroup:
         self._latest, self._inflight = {}, {}
         asyncio.get_running_loop().call_soon(self._on_child, child)
 
-    async def split(self, key: bytes, child: int, desc: dict) -> None:
+    async def split(self, key: bytes, child: int, desc: dict) -> bool:
         """Split off the keys from ``key`` on into new group ``child`` (at the leader, after
-        read_barrier); returns once applied here."""
+        read_barrier); returns once applied here, or False at once when ``key`` is not inside
+        the group's range any more (it split meanwhile: the caller plans again)."""
+        current = self.range
+        if not (current.holds(key) and key > current.start):
+            return False
         members = [list(m) for m in self.replica.core.members]
         command = orjson.dumps({"key": key.hex(), "child": child, "members": members, "desc": desc})
-        await self.replica.put(_GEN.pack(self.range.gen) + encode_batch([(RANGE_KEY, command)]))
+        await self.replica.put(_GEN.pack(current.gen) + encode_batch([(RANGE_KEY, command)]))
+        return True
 
     # --- leadership ---------------------------------------------------------------------------
 
@@ -295,6 +305,8 @@ class ReplicatedPartition:
 
     def get(self, key: bytes) -> bytes | None:
         self.reads += 1
+        self.group.requests += 1
+        self.group.sampled.append(key)
         return self.group.replica.tree.get(key)
 
     def get_latest(self, key: bytes) -> bytes | None:
@@ -303,6 +315,7 @@ class ReplicatedPartition:
     def scan(self, start: bytes | None = None, end: bytes | None = None, *, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self.reads += 1
+        self.group.requests += 1
         return self.group.replica.tree.scan(start, end, reverse=reverse, limit=limit)
 
     async def settle(self, key: bytes) -> None:
@@ -310,4 +323,6 @@ class ReplicatedPartition:
 
     async def write(self, ops: list[tuple[bytes, bytes | None]]) -> int:
         self.writes += 1
+        self.group.requests += 1
+        self.group.sampled.append(ops[0][0])
         return await self.group.write(ops)

@@ -1,0 +1,71 @@
+"""Hot partitions: a partition that takes a large share of a node's requests, fast, for long.
+
+DynamoDB splits a partition for heat as well as for size, so that the two halves can be led
+from different nodes and neither is held to one log's rate. Here a partition is hot on a
+node when, between two readings of the node's request counters, its requests were at least
+``share_min`` of all the node's requests and came at ``rate_min`` per second or more; it is
+split once it has stayed hot for ``sustain_s`` (a burst does not split a table).
+
+The split key comes from the keys the partition was asked for lately (a sample the node
+keeps, router/replicated.py): the partition-key boundary at the median of the sample, so
+each half takes about half of the requests, whatever their share of the bytes.
+
+Pure: counters and samples come in with the time they were read; no clock, no I/O.
+"""
+from __future__ import annotations
+
+from dynstore.api.operations.schema import ITEMS, Table
+
+
+class HeatTracker:
+    def __init__(self, share_min: float, rate_min: float, sustain_s: float):
+        self.share_min = share_min
+        self.rate_min = rate_min
+        self.sustain_s = sustain_s
+        self._last: dict[int, tuple[float, dict[int, int]]] = {}  # node -> (time, group -> requests)
+        self._hot_since: dict[tuple[int, int], float] = {}  # (node, group) -> when it became hot
+
+    def observe(self, now: float, node: int, counts: dict[int, int]) -> None:
+        """The request counters of every group on ``node``, read at ``now``."""
+        previous = self._last.get(node)
+        self._last[node] = (now, dict(counts))
+        if previous is None or now <= previous[0]:
+            return
+        elapsed = now - previous[0]
+        # A counter that went down was reset (the node restarted): it counts from zero.
+        deltas = {group: count - previous[1].get(group, 0) if count >= previous[1].get(group, 0) else count
+                  for group, count in counts.items()}
+        total = sum(deltas.values())
+        for group, delta in deltas.items():
+            hot = total > 0 and delta / total >= self.share_min and delta / elapsed >= self.rate_min
+            if hot:
+                self._hot_since.setdefault((node, group), now)
+            else:
+                self._hot_since.pop((node, group), None)
+        for node_group in [k for k in self._hot_since if k[0] == node and k[1] not in counts]:
+            del self._hot_since[node_group]
+
+    def hot(self, now: float) -> list[tuple[int, int]]:
+        """(node, group) of each partition that has stayed hot for sustain_s."""
+        return sorted(k for k, since in self._hot_since.items() if now - since >= self.sustain_s)
+
+    def forget(self, group: int) -> None:
+        """The group was split: its halves start cold."""
+        for node_group in [k for k in self._hot_since if k[1] == group]:
+            del self._hot_since[node_group]
+
+
+def hot_split_key(desc: dict, keys: list[bytes], start: bytes, end: bytes | None) -> bytes | None:
+    """The partition-key boundary at the median of the sampled item storage ``keys`` within
+    [start, end), or None when the sample does not span two partition keys."""
+    schema = Table(desc).schema
+    inside = sorted(k for k in keys if k.startswith(ITEMS) and start <= k and (end is None or k < end))
+    if not inside:
+        return None
+    boundaries = [ITEMS + schema.partition_prefix(k[len(ITEMS):]) for k in inside]
+    median = boundaries[len(boundaries) // 2]
+    if median > start and median > boundaries[0]:
+        return median
+    # Most of the sample is the first partition key: cut just after it, if anything follows.
+    following = [b for b in boundaries if b > median]
+    return following[0] if following else None
