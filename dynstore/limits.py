@@ -358,3 +358,9 @@ HOT_SUSTAIN_S_DEFAULT = 30.0
 HOT_KEY_SAMPLE = 512
 
 assert 0 < HOT_SHARE_MIN <= 1 and HOT_RATE_MIN_DEFAULT > 0 and HOT_SUSTAIN_S_DEFAULT >= SPLIT_CHECK_INTERVAL_S
+
+# --- cluster secret (dynstore/replication/handshake.py) -------------------------------------------
+
+# Random bytes of a secret made by `dynstore up`: HMAC-SHA256's own key size, so guessing it is
+# as hard as breaking the MAC.
+CLUSTER_SECRET_BYTES = 32

@@ -7,16 +7,21 @@ import pytest
 from dynstore.limits import FRAME_BYTES_MAX
 from dynstore.replication.group_process import free_ports
 from dynstore.replication.messages import Accept, Ballot, Entry, Prepare, encode
-from dynstore.replication.transport import Faults, Transport, hello
+from dynstore.replication import handshake
+from dynstore.replication.errors import FrameError
+from dynstore.replication.transport import Faults, Transport
 
 GROUP = 7
 
 
+SECRET = b"the secret of the cluster under test"
+
+
 class Node:
-    def __init__(self, rid: int, peers: dict):
+    def __init__(self, rid: int, peers: dict, secret: bytes = SECRET):
         self.inbox: list = []
         self.got = asyncio.Event()
-        self.transport = Transport(rid, GROUP, peers, self._deliver, faults=Faults(seed=rid))
+        self.transport = Transport(rid, GROUP, peers, self._deliver, faults=Faults(seed=rid), secret=secret)
 
     def _deliver(self, m) -> None:
         self.inbox.append(m)
@@ -145,29 +150,55 @@ def test_restarted_peer_is_redialled():
     run(main())
 
 
+async def _dialled(host: str, port: int, group: int, replica: int, secret: bytes = SECRET):
+    reader, writer = await asyncio.open_connection(host, port)
+    await handshake.dial(reader, writer, secret, group, replica)
+    return reader, writer
+
+
 def test_strangers_and_out_of_step_streams_are_refused():
     async def main():
         peers, (a, b, c) = await cluster()
         host, port = peers[3]
-        # A hello for another group is refused.
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(hello(GROUP + 1, 1))
+        # A link for another group is refused after its opening.
+        reader, writer = await _dialled(host, port, GROUP + 1, 1)
         assert await reader.read() == b""
         writer.close()
         # A peer whose stream announces a frame beyond the limit is cut off; it redials.
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(hello(GROUP, 2) + struct.pack("<II", FRAME_BYTES_MAX + 1, 0))
+        reader, writer = await _dialled(host, port, GROUP, 2)
+        writer.write(struct.pack("<II", FRAME_BYTES_MAX + 1, 0))
         assert await reader.read() == b""
         writer.close()
         assert c.transport.stats["bad_hello"] == 1 and c.transport.stats["desynced"] == 1
         # A message that names another sender than the link's peer is dropped.
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(hello(GROUP, 2) + encode(Prepare(GROUP, 1, 3, Ballot(4, 1), 1)))
+        reader, writer = await _dialled(host, port, GROUP, 2)
+        writer.write(encode(Prepare(GROUP, 1, 3, Ballot(4, 1), 1)))
         await wait_for(lambda: c.transport.stats["misaddressed"] == 1)
         writer.close()
         assert c.inbox == []
         await wait_for(lambda: 3 in b.transport.connected())
         await close_all((a, b, c))
+    run(main())
+
+
+def test_a_node_without_the_cluster_secret_is_refused_both_ways():
+    async def main():
+        peers, (a, b, c) = await cluster()
+        host, port = peers[3]
+        # Dialling with another secret: the acceptor's proof does not check out, and ours is refused.
+        with pytest.raises(FrameError, match="secret"):
+            await _dialled(host, port, GROUP, 2, secret=b"another cluster")
+        await wait_for(lambda: c.transport.stats["bad_hello"] == 1)
+        # A replica of another cluster on a peer's address never links, whichever side dials.
+        await b.transport.close()
+        stray = Node(2, peers, secret=b"another cluster")
+        await stray.transport.start()
+        a.transport.send(accept(1, 2, 1))
+        stray.transport.send(accept(2, 3, 1))
+        await asyncio.sleep(0.5)
+        assert 2 not in a.transport.connected() and 2 not in c.transport.connected()
+        assert stray.inbox == [] and c.inbox == [] and stray.transport.stats["bad_hello"] >= 1
+        await close_all((a, c, stray))
     run(main())
 
 

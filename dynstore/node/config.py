@@ -6,6 +6,8 @@
     data_dir = "/var/lib/dynstore/node-1" # this node's replicas (router/cluster.py)
     region = "us-east-1"                  # the region the endpoint reports
     credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
+    cluster_secret_file = "/etc/dynstore/cluster.secret"  # the same file on every node: the secret in hex
+                                          # that node-to-node connections prove (replication/handshake.py)
     split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
     hot_rate_min = 1000.0                 # a partition this busy (requests/s) and this long hot is split
     hot_sustain_s = 30.0
@@ -55,6 +57,7 @@ class NodeConfig:
     nodes: tuple[NodeAddress, ...]
     region: str = "us-east-1"
     credentials_file: str = ""
+    cluster_secret_file: str = ""  # empty: connections between nodes are not authenticated
     split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
     hot_rate_min: float = HOT_RATE_MIN_DEFAULT
     hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT
@@ -68,6 +71,13 @@ class NodeConfig:
     def me(self) -> NodeAddress:
         return next(n for n in self.nodes if n.id == self.node_id)
 
+    def cluster_secret(self) -> bytes:
+        """The secret of cluster_secret_file (b"" without one)."""
+        if not self.cluster_secret_file:
+            return b""
+        with open(self.cluster_secret_file) as f:
+            return bytes.fromhex(f.read().strip())
+
     @classmethod
     def load(cls, path: str) -> "NodeConfig":
         with open(path, "rb") as f:
@@ -75,14 +85,16 @@ class NodeConfig:
         nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
                                   _address(n["forward"])) for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
-                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
+                   doc.get("credentials_file", ""), doc.get("cluster_secret_file", ""),
+                   int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
                    float(doc.get("hot_rate_min", HOT_RATE_MIN_DEFAULT)),
                    float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
         lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
-                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}",
+                 f"credentials_file = {q(self.credentials_file)}",
+                 f"cluster_secret_file = {q(self.cluster_secret_file)}", f"split_bytes = {self.split_bytes}",
                  f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",

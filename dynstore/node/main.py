@@ -44,7 +44,8 @@ async def serve(config: NodeConfig) -> int:
         failures.append(exc)
         stopped.set()
 
-    router = ClusterRouter(config.data_dir, me.id, {n.id: n.peer for n in config.nodes}, on_fatal=fatal)
+    router = ClusterRouter(config.data_dir, me.id, {n.id: n.peer for n in config.nodes}, on_fatal=fatal,
+                           secret=config.cluster_secret())
     await router.start()
     host, port = me.endpoint
     state = State(router, region=config.region, address=f"{host}:{port}")

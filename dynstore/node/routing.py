@@ -32,8 +32,9 @@ port, following the replica's leader hint; with no leader known (an election) it
 and retries until FORWARD_WAIT_S, then answers ServiceUnavailable (retryable). Each hop
 counts, and a request is not forwarded more than FORWARD_HOPS_MAX times.
 
-Forward protocol (node to node, on each node's forward port): the frames of
-dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
+Forward protocol (node to node, on each node's forward port): after the opening of
+dynstore/replication/handshake.py (group FORWARD, the caller's node id, the cluster's
+secret), the frames of dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
 
     {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n}
       -> {"id", "ok": true, "result": {...}}
@@ -65,7 +66,8 @@ from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnava
 from dynstore.api.operations import OPERATIONS
 from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
 from dynstore.api.operations.batch import plan_writes
-from dynstore.replication.errors import Busy, NotLeader, StaleRange
+from dynstore.replication import handshake
+from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
 from dynstore.replication.group_process import GroupClient, serve_frames, write_frame
 from dynstore.router.cluster import STRONG, VOUCHED, Reroute
 
@@ -358,10 +360,16 @@ class Routing:
         if client is None or client.closed:
             host, port = self.addresses[node]
             try:
-                client = self._clients[node] = await asyncio.wait_for(GroupClient.connect(port, host),
-                                                                      CONNECT_TIMEOUT_S)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError):
                 return None
+            try:
+                await handshake.dial(reader, writer, self.router.secret, handshake.FORWARD, self.node_id)
+            except (OSError, FrameError) as exc:
+                log.warning("could not open a forward connection to node %d: %s", node, exc)
+                writer.close()
+                return None
+            client = self._clients[node] = GroupClient(reader, writer)
         return client
 
     async def call_node(self, node: int, op: str, request: dict) -> dict:
@@ -389,6 +397,14 @@ class Routing:
         self._server = await asyncio.start_server(self._serve, host, port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            group, node = await handshake.accept(reader, writer, self.router.secret)
+            if group != handshake.FORWARD or node not in self.addresses:
+                raise FrameError(f"a forward connection must come from a node of the cluster, not {node}")
+        except (OSError, FrameError) as exc:
+            log.warning("refused a forward connection: %s", exc)
+            writer.close()
+            return
         # Requests already taken run to the end when the forwarding node goes away: cancelling a
         # write between its proposal and its answer would gain nothing and hide its outcome.
         await serve_frames(reader, writer, self._answer, cancel_on_close=False)

@@ -7,6 +7,9 @@ zone-a, zone-b, zone-c, ... in turn, with its files under ``<data-dir>/node-<id>
     data/         its replicas (router/cluster.py)
     node.log      its output, appended
 
+and ``<data-dir>/cluster.secret``, the secret every connection between the nodes proves
+(replication/handshake.py), made at the first start.
+
 Node 1 serves the DynamoDB endpoint on --port; node i on --port + i - 1 when that port is
 free, otherwise on a free port; the endpoints are printed once every node serves. Peer and
 forward ports are picked free at each start (groups know their members by node id, so they
@@ -32,7 +35,7 @@ import click
 
 from dynstore.limits import (NODE_RESTART_BACKOFF_MAX_S, NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S,
                              NODE_START_TIMEOUT_S, PARTITION_SPLIT_BYTES_DEFAULT, HOT_RATE_MIN_DEFAULT,
-                             HOT_SUSTAIN_S_DEFAULT)
+                             HOT_SUSTAIN_S_DEFAULT, CLUSTER_SECRET_BYTES)
 from dynstore.node.config import NodeAddress, NodeConfig
 from dynstore.replication.group_process import free_ports
 
@@ -68,10 +71,28 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
         NodeAddress(i, f"zone-{chr(ord('a') + (i - 1) % 26)}", (host, endpoint_port(i)),
                     ("127.0.0.1", spare[2 * (i - 1)]), ("127.0.0.1", spare[2 * (i - 1) + 1]))
         for i in range(1, nodes + 1))
+    secret_file = cluster_secret_file(data_dir)
     return [NodeConfig(n.id, os.path.join(data_dir, f"node-{n.id}", "data"), addresses, region,
-                       os.path.abspath(credentials_file) if credentials_file else "", split_bytes, hot_rate_min,
-                       hot_sustain_s)
+                       os.path.abspath(credentials_file) if credentials_file else "", secret_file, split_bytes,
+                       hot_rate_min, hot_sustain_s)
             for n in addresses]
+
+
+def cluster_secret_file(data_dir: str) -> str:
+    """``<data-dir>/cluster.secret``, made once with a fresh random secret (readable by the
+    owner only): a cluster's nodes prove it to each other, and a node of another cluster
+    (another data directory) cannot link to them."""
+    path = os.path.join(data_dir, "cluster.secret")
+    if not os.path.exists(path):
+        os.makedirs(data_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(CLUSTER_SECRET_BYTES).hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
 
 
 class Supervisor:

@@ -2,11 +2,9 @@
 
 Links. There is one TCP connection per pair of replicas: the replica with the lower id
 dials the higher one (redialling with a doubling backoff after any failure), the other
-accepts; both send and receive on it. A dialer opens with a hello::
-
-    magic "DSRL" | u8 version | u64 group | u32 replica | u32 crc32c(of the preceding 17 bytes)
-
-and the acceptor closes a connection whose hello is damaged, of another group or from a
+accepts; both send and receive on it. A link opens with handshake.py's exchange (a hello
+naming group and replica, then proof on both sides of the cluster's secret), and the acceptor
+closes a connection whose opening is damaged or unproven, of another group or from a
 replica outside the configured peers. A newer connection from a peer replaces an older one.
 A process holding replicas of many groups listens on one port for all of them
 (``Listener``): it reads the hello and hands the link to that group's Transport, so there
@@ -32,43 +30,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 from collections import Counter
-
-import crc32c
 
 from dynstore.limits import (CONNECT_TIMEOUT_S, PEER_SEND_BUFFER_BYTES_MAX, RECONNECT_BACKOFF_MAX_S,
                              RECONNECT_BACKOFF_MIN_S)
+from dynstore.replication import handshake
 from dynstore.replication.errors import FrameError
-from dynstore.replication.messages import PROTOCOL_VERSION, Message, decode, encode, frame_length
+from dynstore.replication.messages import Message, decode, encode, frame_length
 from dynstore.replication.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
-_HELLO_MAGIC = b"DSRL"
-_HELLO_BODY = struct.Struct("<4sBQI")
-_HELLO = struct.Struct("<4sBQII")
 _FRAME_HEADER_BYTES = 8  # u32 length | u32 crc32c, as messages.encode writes them
-
-
-def hello(group: int, replica: int) -> bytes:
-    body = _HELLO_BODY.pack(_HELLO_MAGIC, PROTOCOL_VERSION, group, replica)
-    return body + struct.pack("<I", crc32c.crc32c(body))
-
-
-def parse_hello(data: bytes) -> tuple[int, int]:
-    """(group, replica) of a hello; FrameError when it is not one this code reads."""
-    magic, version, group, replica, crc = _HELLO.unpack(data)
-    if magic != _HELLO_MAGIC or crc != crc32c.crc32c(data[:_HELLO_BODY.size]):
-        raise FrameError("damaged hello")
-    if version != PROTOCOL_VERSION:
-        raise FrameError(f"hello of protocol version {version}, this replica speaks {PROTOCOL_VERSION}")
-    return group, replica
-
-
-async def read_hello(reader: asyncio.StreamReader) -> tuple[int, int]:
-    """(group, replica) of the hello a dialling peer opens its link with."""
-    return parse_hello(await asyncio.wait_for(reader.readexactly(_HELLO.size), CONNECT_TIMEOUT_S))
 
 
 class Listener:
@@ -77,8 +50,9 @@ class Listener:
     (yet) registered here is closed; its dialler retries with backoff, so a group created on
     one node links up once the other nodes have opened their replicas of it."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, secret: bytes = b""):
         self.host, self.port = host, port
+        self.secret = secret  # the cluster's (handshake.py)
         self.transports: dict[int, Transport] = {}  # group -> the transport of this process's replica
         self.refused = 0  # links for groups not open here
         self._server: asyncio.AbstractServer | None = None
@@ -93,8 +67,8 @@ class Listener:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            group, peer = await read_hello(reader)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, FrameError) as exc:
+            group, peer = await handshake.accept(reader, writer, self.secret)
+        except (OSError, FrameError) as exc:
             log.warning("refused a replication connection: %s", exc)
             writer.close()
             return
@@ -162,8 +136,9 @@ class Transport:
     """
 
     def __init__(self, replica_id: int, group: int, peers: dict[int, tuple[str, int]], on_message, *,
-                 faults: Faults | None = None, on_fatal=None):
+                 faults: Faults | None = None, on_fatal=None, secret: bytes = b""):
         self.id = replica_id
+        self.secret = secret  # the cluster's (handshake.py)
         self.group = group
         self.peers = dict(peers)
         self.on_message = on_message
@@ -239,15 +214,23 @@ class Transport:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
                 continue
+            try:
+                await handshake.dial(reader, writer, self.secret, self.group, self.id)
+            except (OSError, FrameError) as exc:
+                self.stats["bad_hello"] += 1
+                log.warning("replica %d could not open a link to %d: %s", self.id, peer, exc)
+                writer.close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
             backoff = RECONNECT_BACKOFF_MIN_S
-            writer.write(hello(self.group, self.id))
             await self._serve_link(peer, reader, writer)
             await asyncio.sleep(backoff)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            group, peer = await read_hello(reader)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, FrameError) as exc:
+            group, peer = await handshake.accept(reader, writer, self.secret)
+        except (OSError, FrameError) as exc:
             self._refuse(writer, exc)
             return
         self.adopt(group, peer, reader, writer)

@@ -94,8 +94,9 @@ class ClusterRouter:
     """``peers`` maps node id -> replication (host, port) of every node, this one included."""
 
     def __init__(self, data_dir: str, node_id: int, peers: dict[int, tuple[str, int]], *, on_fatal,
-                 backend: str | None = None, sync: str = "auto"):
+                 backend: str | None = None, sync: str = "auto", secret: bytes = b""):
         self.data_dir = data_dir
+        self.secret = secret  # the cluster's: every replication link proves it (handshake.py)
         # control(op, request): a control call run at the leader of the group it names
         # (node/routing.py sets it; Split and ReadIndex).
         self.control = None
@@ -107,7 +108,7 @@ class ClusterRouter:
         self._tables_dir = os.path.join(data_dir, "tables")
         os.makedirs(self._tables_dir, exist_ok=True)
         host, port = self._peers[node_id]
-        self.listener = Listener(host, port)
+        self.listener = Listener(host, port, secret)
         self.catalog_lock = asyncio.Lock()
         self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"), None)
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
@@ -126,7 +127,7 @@ class ClusterRouter:
                 self._open(table_id, other, child=True)
         return ReplicaGroup(group, directory, self.node_id, self._peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
-                            child=child)
+                            child=child, secret=self.secret)
 
     async def start(self) -> None:
         await self.listener.start()

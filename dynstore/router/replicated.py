@@ -109,7 +109,7 @@ class ReplicaGroup:
     def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
                  backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
-                 child: bool = False):
+                 child: bool = False, secret: bytes = b""):
         self.group = group
         self.directory = directory
         self.node_id = node_id
@@ -119,7 +119,7 @@ class ReplicaGroup:
         self._on_child = on_child
         self._child = child
         members = tuple((rid, STORAGE) for rid in sorted(peers))
-        self.transport = Transport(node_id, group, peers, self._on_message, on_fatal=on_fatal)
+        self.transport = Transport(node_id, group, peers, self._on_message, on_fatal=on_fatal, secret=secret)
         self.replica = Replica(directory, node_id, members, self.transport.send, group=group,
                                timing=Timing(election_timeout=election_timeout,
                                              heartbeat_interval=election_timeout / 10),
