@@ -66,15 +66,7 @@ def main():
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
        canary_interval: float, nodes: int | None, split_bytes: int, hot_rate: float, hot_seconds: float):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
-    try:
-        credentials = Credentials.load(credentials_file)
-    except CredentialsError as e:
-        raise click.UsageError(str(e)) from None
-    if not credentials.configured and not _is_loopback_host(host):
-        raise click.UsageError(
-            f"listening on {host} needs configured credentials (the development pair is accepted from "
-            f"this machine only): set DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY, or pass "
-            f"--credentials-file")
+    credentials = _credentials(credentials_file, host)
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
@@ -132,6 +124,37 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
         await canary.stop()
         await state.close()
     click.echo("stopped")
+
+
+@main.command()
+@click.option("--cluster", "cluster_config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A node.toml of the cluster (its [[nodes]] and cluster_secret_file are used).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--region", default="us-east-1", show_default=True, help="The region the endpoint reports.")
+@click.option("--credentials-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="INI file of access keys (also: DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY).")
+def router(cluster_config: str, host: str, port: int, region: str, credentials_file: str | None):
+    """Serve the DynamoDB API for a cluster without holding data: a standalone request router."""
+    from dynstore.node.config import NodeConfig
+    from dynstore.router.front import serve
+
+    credentials = _credentials(credentials_file, host)
+    _echo_credentials(credentials)
+    uvloop.run(serve(NodeConfig.load(cluster_config), host, port, credentials, region))
+
+
+def _credentials(credentials_file: str | None, host: str) -> Credentials:
+    try:
+        credentials = Credentials.load(credentials_file)
+    except CredentialsError as e:
+        raise click.UsageError(str(e)) from None
+    if not credentials.configured and not _is_loopback_host(host):
+        raise click.UsageError(
+            f"listening on {host} needs configured credentials (the development pair is accepted from "
+            f"this machine only): set DYNSTORE_ACCESS_KEY_ID and DYNSTORE_SECRET_ACCESS_KEY, or pass "
+            f"--credentials-file")
+    return credentials
 
 
 # Commands of their own modules, added to the group.

@@ -364,3 +364,10 @@ assert 0 < HOT_SHARE_MIN <= 1 and HOT_RATE_MIN_DEFAULT > 0 and HOT_SUSTAIN_S_DEF
 # Random bytes of a secret made by `dynstore up`: HMAC-SHA256's own key size, so guessing it is
 # as hard as breaking the MAC.
 CLUSTER_SECRET_BYTES = 32
+
+# --- standalone router (dynstore/router/front.py) -------------------------------------------------
+
+# How long a standalone router trusts a table's partition map before reading it again: about an
+# election, so after a leader change or a split the router's first guess is wrong for about that
+# long, and each wrong guess costs one hop (the node routes the request on), never an error.
+ROUTER_MAP_TTL_S = ELECTION_TIMEOUT_S

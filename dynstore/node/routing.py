@@ -49,6 +49,7 @@ and one answered by the node it is sent to (the control plane's readings of each
 
     {"id", "op": "Load", "request": {}, "hops": 0}   -> result {"requests": {"<group>": n, ...}}
     {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
+    {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map)
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -64,11 +65,12 @@ import time
 from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
-from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
+from dynstore.limits import FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_WAIT_S
 from dynstore.api.operations.batch import plan_writes
 from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
-from dynstore.replication.group_process import GroupClient, serve_frames, write_frame
+from dynstore.node.links import ROUTER, NodeLinks
+from dynstore.replication.group_process import serve_frames, write_frame
 from dynstore.router.cluster import STRONG, VOUCHED, Reroute
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,13 @@ def _merge_answers(parts: list[dict]) -> dict:
     return out
 
 
+def answer_of(frame: dict) -> dict:
+    """The result of a forwarded request's answer frame, or the DynamoDB error it carries."""
+    if frame["ok"]:
+        return frame["result"]
+    raise error_from_body(frame["status"], frame["body"])
+
+
 def error_from_body(status: int, body: dict) -> DynamoDBError:
     """The DynamoDB error a forwarded request answered, to answer the same here."""
     name = body.get("__type", "").rpartition("#")[2]
@@ -162,12 +171,12 @@ class Routing:
         self.router = state.router
         self.node_id = node_id
         self.addresses = dict(forward_addresses)
-        self._clients: dict[int, GroupClient] = {}
+        self.links = NodeLinks(forward_addresses, self.router.secret, node_id)
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
         self.operations = {op: self._entry(op) for op in OPERATIONS}
         self._control = {"ReadIndex": self._read_index, "Split": self._split}
-        self._node_control = {"Load": self._load}
+        self._node_control = {"Load": self._load, "Map": self._map}
 
     def _entry(self, op: str):
         async def routed(state, request: dict) -> dict:
@@ -310,6 +319,11 @@ class Routing:
             return {"keys": [] if group is None else [key.hex() for key in group.sampled]}
         return {"requests": {str(g): group.requests for g, group in groups.items()}}
 
+    async def _map(self, request: dict) -> dict:
+        """A table's description and partitions as this node knows them (router/front.py)."""
+        desc = self.router.table(request["table"])
+        return {"desc": desc, "partitions": None if desc is None else self.router.partition_map(desc)}
+
     async def _split(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]
         desc = self.router.table(request["table"])
@@ -325,73 +339,25 @@ class Routing:
         neither answers nor commits, and waiting out FORWARD_TIMEOUT_S would keep the request
         from the new leader for that long.
         """
-        client = await self._client(node)
-        if client is None:
+        def moved() -> str | None:
+            if group.is_leader() or group.leader_hint() not in (None, node):
+                return f"node {node} stopped leading while it held the request"
             return None
         self.forwarded += 1
-        call = asyncio.ensure_future(client.call(op, request=request, hops=hops))
-        deadline = time.monotonic() + FORWARD_TIMEOUT_S
-        while not call.done():
-            await asyncio.wait({call}, timeout=FORWARD_POLL_S)
-            if call.done():
-                break
-            if group.is_leader() or group.leader_hint() not in (None, node):
-                reason = f"node {node} stopped leading while it held the request"
-            elif time.monotonic() > deadline:
-                reason = f"node {node} did not answer within {FORWARD_TIMEOUT_S} s"
-            else:
-                continue
-            call.cancel()
-            await self._drop_client(node, client)
-            raise InternalServerError(f"{reason}; it may or may not have taken effect")
-        try:
-            answer = call.result()
-        except ConnectionError:
-            await self._drop_client(node, client)
-            raise InternalServerError(f"lost node {node} while it served the request; it may or may not have "
-                                      f"taken effect") from None
-        if answer["ok"]:
-            return answer["result"]
-        raise error_from_body(answer["status"], answer["body"])
-
-    async def _client(self, node: int) -> GroupClient | None:
-        """The connection to ``node``'s forward port; None when it cannot be reached."""
-        client = self._clients.get(node)
-        if client is None or client.closed:
-            host, port = self.addresses[node]
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError):
-                return None
-            try:
-                await handshake.dial(reader, writer, self.router.secret, handshake.FORWARD, self.node_id)
-            except (OSError, FrameError) as exc:
-                log.warning("could not open a forward connection to node %d: %s", node, exc)
-                writer.close()
-                return None
-            client = self._clients[node] = GroupClient(reader, writer)
-        return client
+        answer = await self.links.call(node, op, request, hops, give_up=moved)
+        return None if answer is None else answer_of(answer)
 
     async def call_node(self, node: int, op: str, request: dict) -> dict:
         """A node-addressed control call (Load); ConnectionError when ``node`` does not answer."""
         if node == self.node_id:
             return await self._node_control[op](request)
-        client = await self._client(node)
-        if client is None:
-            raise ConnectionError(f"node {node} cannot be reached")
         try:
-            answer = await asyncio.wait_for(client.call(op, request=request, hops=0), FORWARD_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            await self._drop_client(node, client)
-            raise ConnectionError(f"node {node} did not answer within {FORWARD_TIMEOUT_S} s") from None
-        if answer["ok"]:
-            return answer["result"]
-        raise error_from_body(answer["status"], answer["body"])
-
-    async def _drop_client(self, node: int, client: GroupClient) -> None:
-        if self._clients.get(node) is client:
-            del self._clients[node]
-            await client.close()
+            answer = await self.links.call(node, op, request, 0)
+        except InternalServerError as exc:
+            raise ConnectionError(str(exc)) from None
+        if answer is None:
+            raise ConnectionError(f"node {node} cannot be reached")
+        return answer_of(answer)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve, host, port)
@@ -399,7 +365,7 @@ class Routing:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             group, node = await handshake.accept(reader, writer, self.router.secret)
-            if group != handshake.FORWARD or node not in self.addresses:
+            if group != handshake.FORWARD or (node not in self.addresses and node != ROUTER):
                 raise FrameError(f"a forward connection must come from a node of the cluster, not {node}")
         except (OSError, FrameError) as exc:
             log.warning("refused a forward connection: %s", exc)
@@ -425,6 +391,4 @@ class Routing:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self.links.close()
