@@ -63,15 +63,20 @@ def main():
                                       "second ... (with --nodes)")
 @click.option("--hot-seconds", type=click.FloatRange(min=0), default=limits.HOT_SUSTAIN_S_DEFAULT,
               show_default=True, help="... for this long.")
+@click.option("--checkpoint-entries", type=click.IntRange(min=1), default=limits.CHECKPOINT_ENTRIES,
+              show_default=True, help="Applied entries between checkpoints of each replica (with --nodes).")
+@click.option("--log-keep-entries", type=click.IntRange(min=0), default=limits.LOG_KEEP_ENTRIES, show_default=True,
+              help="Log entries kept below a checkpoint for replicas a little behind (with --nodes).")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None, split_bytes: int, hot_rate: float, hot_seconds: float):
+       canary_interval: float, nodes: int | None, split_bytes: int, hot_rate: float, hot_seconds: float,
+       checkpoint_entries: int, log_keep_entries: int):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     credentials = _credentials(credentials_file, host)
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
         configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes, hot_rate,
-                                  hot_seconds)
+                                  hot_seconds, checkpoint_entries, log_keep_entries)
         uvloop.run(run_cluster(configs, data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))

@@ -34,8 +34,8 @@ def partitions(cluster: Cluster, node: int, table: str) -> list[dict]:
 class Load:
     """Writers and readers through every node; every failure is kept."""
 
-    def __init__(self, cluster: Cluster, table: str, writers: int = 3, readers: int = 2):
-        self.cluster, self.table = cluster, table
+    def __init__(self, cluster: Cluster, table: str, writers: int = 3, readers: int = 2, nodes=(1, 2, 3)):
+        self.cluster, self.table, self.nodes = cluster, table, nodes
         self.acked: dict[tuple[str, int], str] = {}
         self.failures: list[str] = []
         self.reads = 0
@@ -46,7 +46,7 @@ class Load:
             t.start()
 
     def _write(self, w: int) -> None:
-        client = self.cluster.client(1 + w % 3)
+        client = self.cluster.client(self.nodes[w % len(self.nodes)])
         n = 0
         while not self.stop.is_set():
             pk, sk = f"w{w}-{n // 3:05d}", n % 3
@@ -60,7 +60,7 @@ class Load:
             n += 1
 
     def _read(self, r: int) -> None:
-        client = self.cluster.client(3 - r % 3)
+        client = self.cluster.client(self.nodes[-1 - r % len(self.nodes)])
         rng = random.Random(r)
         while not self.stop.is_set():
             if not self.acked:
@@ -201,3 +201,38 @@ def test_node_killed_while_partitions_split(cluster):
         assert_all_present(cluster.client(node), "events", writers.acked, consistent=False)
         keys = scan_all(cluster.client(node), "events")
         assert len(keys) == len(set(keys))
+
+
+def test_a_node_that_missed_the_splits_catches_up_from_snapshots(tmp_path):
+    """A node paused while its peers split a table and compact their logs past the splits
+    learns of the new partitions from a snapshot of the old one, gets theirs as snapshots too,
+    and then serves every item from its own replicas."""
+    cluster = Cluster(tmp_path / "data", "--split-bytes", str(SPLIT_BYTES), "--checkpoint-entries", "40",
+                      "--log-keep-entries", "10")
+    cluster.start()
+    try:
+        create_table(cluster.client(1), "orders")
+        cluster.wait_converged("orders")
+        behind = next(node for node in (3, 2, 1) if node != cluster.leader_of("orders"))
+        others = tuple(node for node in (1, 2, 3) if node != behind)
+        paused = cluster.node_pids()[behind]
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            load = Load(cluster, "orders", writers=2, readers=0, nodes=others)
+            deadline = time.monotonic() + 90
+            while len(partitions(cluster, 1, "orders")) < PARTITIONS_MIN or len(load.acked) < 500:
+                assert not load.failures and time.monotonic() < deadline, (load.failures[:5], cluster.describe())
+                time.sleep(0.1)
+            load.join()
+            assert not load.failures, load.failures[:5]
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        cluster.wait_converged("orders", within=60)
+        groups = cluster.status(behind)["groups"]
+        assert sum(g["snapshots_installed"] for name, g in groups.items() if name.startswith("orders")) >= 2
+        client = cluster.client(behind)
+        keys = scan_all(client, "orders")  # the node's own replicas
+        assert len(keys) == len(set(keys)) and set(keys) == set(load.acked)
+        assert client.describe_table(TableName="orders")["Table"]["ItemCount"] == len(load.acked)
+    finally:
+        cluster.stop()

@@ -11,6 +11,8 @@
     split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
     hot_rate_min = 1000.0                 # a partition this busy (requests/s) and this long hot is split
     hot_sustain_s = 30.0
+    checkpoint_entries = 10000            # applied entries between checkpoints of each replica's tree
+    log_keep_entries = 2000               # entries kept below a checkpoint for peers a little behind
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1
@@ -28,7 +30,8 @@ import json
 import tomllib
 from dataclasses import dataclass
 
-from dynstore.limits import HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, PARTITION_SPLIT_BYTES_DEFAULT
+from dynstore.limits import (CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES,
+                             PARTITION_SPLIT_BYTES_DEFAULT)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -61,6 +64,8 @@ class NodeConfig:
     split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
     hot_rate_min: float = HOT_RATE_MIN_DEFAULT
     hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT
+    checkpoint_entries: int = CHECKPOINT_ENTRIES
+    log_keep_entries: int = LOG_KEEP_ENTRIES
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -88,14 +93,17 @@ class NodeConfig:
                    doc.get("credentials_file", ""), doc.get("cluster_secret_file", ""),
                    int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
                    float(doc.get("hot_rate_min", HOT_RATE_MIN_DEFAULT)),
-                   float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)))
+                   float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)),
+                   int(doc.get("checkpoint_entries", CHECKPOINT_ENTRIES)),
+                   int(doc.get("log_keep_entries", LOG_KEEP_ENTRIES)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
         lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
                  f"credentials_file = {q(self.credentials_file)}",
                  f"cluster_secret_file = {q(self.cluster_secret_file)}", f"split_bytes = {self.split_bytes}",
-                 f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}"]
+                 f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}",
+                 f"checkpoint_entries = {self.checkpoint_entries}", f"log_keep_entries = {self.log_keep_entries}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]

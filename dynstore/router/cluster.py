@@ -61,7 +61,8 @@ import uuid
 
 import orjson
 
-from dynstore.limits import CATALOG_RECONCILE_INTERVAL_S, FORWARD_POLL_S, FORWARD_WAIT_S
+from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
+                             LOG_KEEP_ENTRIES)
 from dynstore.replication.tasks import Tasks
 from dynstore.replication.transport import Listener
 from dynstore.router.replicated import ReplicaGroup, ReplicatedPartition
@@ -94,9 +95,11 @@ class ClusterRouter:
     """``peers`` maps node id -> replication (host, port) of every node, this one included."""
 
     def __init__(self, data_dir: str, node_id: int, peers: dict[int, tuple[str, int]], *, on_fatal,
-                 backend: str | None = None, sync: str = "auto", secret: bytes = b""):
+                 backend: str | None = None, sync: str = "auto", secret: bytes = b"",
+                 checkpoint_entries: int = CHECKPOINT_ENTRIES, log_keep_entries: int = LOG_KEEP_ENTRIES):
         self.data_dir = data_dir
         self.secret = secret  # the cluster's: every replication link proves it (handshake.py)
+        self._log_sizes = {"checkpoint_entries": checkpoint_entries, "log_keep_entries": log_keep_entries}
         # control(op, request): a control call run at the leader of the group it names
         # (node/routing.py sets it; Split and ReadIndex).
         self.control = None
@@ -127,7 +130,7 @@ class ClusterRouter:
                 self._open(table_id, other, child=True)
         return ReplicaGroup(group, directory, self.node_id, self._peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
-                            child=child, secret=self.secret)
+                            child=child, secret=self.secret, **self._log_sizes)
 
     async def start(self) -> None:
         await self.listener.start()

@@ -55,7 +55,7 @@ import orjson
 
 from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import split_batches
-from dynstore.limits import ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE
+from dynstore.limits import CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES
 from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import STORAGE
 from dynstore.replication.paxos import LEADER, Timing
@@ -109,7 +109,8 @@ class ReplicaGroup:
     def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
                  backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
-                 child: bool = False, secret: bytes = b""):
+                 child: bool = False, secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
+                 log_keep_entries: int = LOG_KEEP_ENTRIES):
         self.group = group
         self.directory = directory
         self.node_id = node_id
@@ -124,7 +125,8 @@ class ReplicaGroup:
                                timing=Timing(election_timeout=election_timeout,
                                              heartbeat_interval=election_timeout / 10),
                                seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal,
-                               apply=self._apply)
+                               apply=self._apply, checkpoint_entries=checkpoint_entries,
+                               log_keep_entries=log_keep_entries)
         self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
         self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
         # Writes proposed here and not yet applied: key -> newest value, and how many writes of
