@@ -56,7 +56,7 @@ def main():
 @click.option("--nodes", type=click.IntRange(1, 26), default=None,
               help="Run a cluster of this many node processes (one per zone; every partition replicated on "
                    "each node, so use 3) instead of one process; node 1 serves on --port.")
-@click.option("--split-bytes", type=click.IntRange(min=1), default=limits.PARTITION_SPLIT_BYTES_DEFAULT,
+@click.option("--split-bytes", type=click.IntRange(min=1), default=limits.REPLICATED_SPLIT_BYTES_DEFAULT,
               show_default=True, help="Split a partition once its items pass this many bytes (with --nodes).")
 @click.option("--hot-rate", type=click.FloatRange(min=0, min_open=True), default=limits.HOT_RATE_MIN_DEFAULT,
               show_default=True, help="Split a partition that takes half a node's requests at this many per "

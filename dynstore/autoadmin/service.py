@@ -35,7 +35,7 @@ class Autoadmin:
     to each of ``nodes``."""
 
     def __init__(self, state, call_node, nodes: list[int], *,
-                 split_bytes: int = limits.PARTITION_SPLIT_BYTES_DEFAULT,
+                 split_bytes: int = limits.REPLICATED_SPLIT_BYTES_DEFAULT,
                  hot_rate_min: float = limits.HOT_RATE_MIN_DEFAULT,
                  hot_sustain_s: float = limits.HOT_SUSTAIN_S_DEFAULT,
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):

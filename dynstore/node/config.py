@@ -8,7 +8,7 @@
     credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
     cluster_secret_file = "/etc/dynstore/cluster.secret"  # the same file on every node: the secret in hex
                                           # that node-to-node connections prove (replication/handshake.py)
-    split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
+    split_bytes = 33554432                # a partition past this many item bytes is split (autoadmin)
     hot_rate_min = 1000.0                 # a partition this busy (requests/s) and this long hot is split
     hot_sustain_s = 30.0
     checkpoint_entries = 10000            # applied entries between checkpoints of each replica's tree
@@ -31,7 +31,7 @@ import tomllib
 from dataclasses import dataclass
 
 from dynstore.limits import (CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES,
-                             PARTITION_SPLIT_BYTES_DEFAULT)
+                             REPLICATED_SPLIT_BYTES_DEFAULT)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -61,7 +61,7 @@ class NodeConfig:
     region: str = "us-east-1"
     credentials_file: str = ""
     cluster_secret_file: str = ""  # empty: connections between nodes are not authenticated
-    split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
+    split_bytes: int = REPLICATED_SPLIT_BYTES_DEFAULT
     hot_rate_min: float = HOT_RATE_MIN_DEFAULT
     hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT
     checkpoint_entries: int = CHECKPOINT_ENTRIES
@@ -91,7 +91,7 @@ class NodeConfig:
                                   _address(n["forward"])) for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
                    doc.get("credentials_file", ""), doc.get("cluster_secret_file", ""),
-                   int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
+                   int(doc.get("split_bytes", REPLICATED_SPLIT_BYTES_DEFAULT)),
                    float(doc.get("hot_rate_min", HOT_RATE_MIN_DEFAULT)),
                    float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)),
                    int(doc.get("checkpoint_entries", CHECKPOINT_ENTRIES)),

@@ -34,7 +34,7 @@ import time
 import click
 
 from dynstore.limits import (NODE_RESTART_BACKOFF_MAX_S, NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S,
-                             NODE_START_TIMEOUT_S, PARTITION_SPLIT_BYTES_DEFAULT, HOT_RATE_MIN_DEFAULT,
+                             NODE_START_TIMEOUT_S, REPLICATED_SPLIT_BYTES_DEFAULT, HOT_RATE_MIN_DEFAULT,
                              HOT_SUSTAIN_S_DEFAULT, CLUSTER_SECRET_BYTES, CHECKPOINT_ENTRIES,
                              LOG_KEEP_ENTRIES)
 from dynstore.node.config import NodeAddress, NodeConfig
@@ -57,7 +57,7 @@ def _free_or_any(host: str, port: int) -> int:
 
 
 def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str,
-                    credentials_file: str | None, split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT,
+                    credentials_file: str | None, split_bytes: int = REPLICATED_SPLIT_BYTES_DEFAULT,
                     hot_rate_min: float = HOT_RATE_MIN_DEFAULT, hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT,
                     checkpoint_entries: int = CHECKPOINT_ENTRIES, log_keep_entries: int = LOG_KEEP_ENTRIES
                     ) -> list[NodeConfig]:
