@@ -36,23 +36,33 @@ def _key(register: str) -> dict:
     return {"pk": {"S": register}, "sk": {"N": "0"}}
 
 
-def test_registers_are_linearizable_across_splits_and_a_node_kill(cluster):
-    create_table(cluster.client(1), "registers")
-    history: list[Op] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-    errors: list[str] = []
+class Registers:
+    """Client threads reading, overwriting and appending to REGISTERS through every node of
+    ``cluster``, and a filler writer through ``filler_node`` growing the table; ``history``
+    holds every operation, ``errors`` the definite errors no operation here should get."""
 
-    def record(op: Op) -> None:
-        with lock:
-            history.append(op)
+    def __init__(self, cluster: Cluster, table: str, clients: int = 5, filler_node: int | None = 2):
+        self.cluster, self.table = cluster, table
+        self.history: list[Op] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(seed,), daemon=True) for seed in range(clients)]
+        if filler_node is not None:
+            self.threads.append(threading.Thread(target=self._filler, args=(filler_node,), daemon=True))
+        for t in self.threads:
+            t.start()
 
-    def client_loop(seed: int) -> None:
+    def _record(self, op: Op) -> None:
+        with self._lock:
+            self.history.append(op)
+
+    def _client(self, seed: int) -> None:
         rng = random.Random(seed)
-        clients = {node: cluster.client(node) for node in (1, 2, 3)}
+        clients = {node: self.cluster.client(node) for node in sorted(self.cluster.endpoints)}
         n = 0
-        while not stop.is_set():
-            client = clients[rng.choice((1, 2, 3))]
+        while not self.stop.is_set():
+            client = clients[rng.choice(sorted(clients))]
             register = rng.choice(REGISTERS)
             kind = rng.choice(("get", "get", "put", "append"))
             value = f"{seed}.{n};"
@@ -60,53 +70,66 @@ def test_registers_are_linearizable_across_splits_and_a_node_kill(cluster):
             call = time.monotonic()
             try:
                 if kind == "get":
-                    got = client.get_item(TableName="registers", Key=_key(register), ConsistentRead=True)
+                    got = client.get_item(TableName=self.table, Key=_key(register), ConsistentRead=True)
                     parts = got.get("Item", {}).get("v")
                     value = None if parts is None else "".join(p["S"] for p in parts["L"])
                 elif kind == "put":
-                    client.put_item(TableName="registers", Item={**_key(register), "v": {"L": [{"S": value}]}})
+                    client.put_item(TableName=self.table, Item={**_key(register), "v": {"L": [{"S": value}]}})
                 else:
-                    client.update_item(TableName="registers", Key=_key(register),
+                    client.update_item(TableName=self.table, Key=_key(register),
                                        UpdateExpression="SET v = list_append(if_not_exists(v, :empty), :x)",
                                        ExpressionAttributeValues={":empty": {"L": []}, ":x": {"L": [{"S": value}]}})
             except Exception as exc:  # noqa: BLE001 - classified below
-                name = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+                name = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", type(exc).__name__)
                 if name in DEFINITE:
-                    errors.append(f"{kind} {register}: {exc!r}")
+                    self.errors.append(f"{kind} {register}: {exc!r}")
                 if kind != "get":
-                    record(Op(kind, register, value, call, None))  # it may or may not have happened
+                    self._record(Op(kind, register, value, call, None))  # it may or may not have happened
                 time.sleep(0.02)
                 continue
-            record(Op(kind, register, value, call, time.monotonic()))
+            self._record(Op(kind, register, value, call, time.monotonic()))
 
-    def filler() -> None:
-        client = cluster.client(2)
+    def _filler(self, node: int) -> None:
+        client = self.cluster.client(node)
         n = 0
-        while not stop.is_set():
+        while not self.stop.is_set():
             try:
-                client.put_item(TableName="registers", Item=item(f"filler-{n:05d}", 0, pad="x" * 200))
+                client.put_item(TableName=self.table, Item=item(f"filler-{n:05d}", 0, pad="x" * 200))
                 n += 1
             except Exception:  # noqa: BLE001 - only there to grow the table
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=client_loop, args=(seed,), daemon=True) for seed in range(5)]
-    threads.append(threading.Thread(target=filler, daemon=True))
-    for t in threads:
-        t.start()
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def assert_linearizable(self, answered_min: int = 200) -> None:
+        assert not self.errors, self.errors[:5]
+        answered = [op for op in self.history if op.ret is not None]
+        assert len(answered) > answered_min and any(op.kind == "get" and op.value for op in answered)
+        result = check(self.history, budget_per_key=2_000_000)
+        if not result.ok:
+            ops = sorted((op for op in self.history if op.key == result.key), key=lambda op: op.call)
+            start = ops[0].call
+            lines = [f"{op.call - start:9.4f} {'?' if op.ret is None else f'{op.ret - start:9.4f}'} {op.kind:6} "
+                     f"{op.value}" for op in ops]
+            with open(os.environ.get("DYNSTORE_HISTORY_OUT", os.devnull), "w") as f:
+                f.write("\n".join(lines))
+        assert result.ok, f"register {result.key} is not linearizable"
+        assert result.unknown == 0
+
+
+def test_registers_are_linearizable_across_splits_and_a_node_kill(cluster):
+    create_table(cluster.client(1), "registers")
+    registers = Registers(cluster, "registers")
     try:
         time.sleep(6)
         victim = cluster.leader_of("registers")
         os.kill(cluster.node_pids()[victim], signal.SIGKILL)
         time.sleep(10)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert not errors, errors[:5]
+        registers.join()
     partitions = [p for p in cluster.status(victim % 3 + 1)["partitions"] if p["table"] == "registers"]
     assert len(partitions) >= 2, partitions
-    answered = [op for op in history if op.ret is not None]
-    assert len(answered) > 200 and any(op.kind == "get" and op.value for op in answered)
-    result = check(history, budget_per_key=2_000_000)
-    assert result.ok, f"register {result.key} is not linearizable"
-    assert result.unknown == 0
+    registers.assert_linearizable()

@@ -25,6 +25,7 @@ import pytest
 from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
 from dynstore.node.config import NodeAddress, NodeConfig
 from test_cluster import Cluster, cluster, create_table, item  # noqa: F401  (cluster: a fixture)
+from test_cluster_linearizable import Registers
 
 CONTROL_PLANE_AGAIN_WITHIN_S = 10.0
 # A node cut off may have led the table: the two others elect a leader (about one second)
@@ -169,6 +170,15 @@ class Network:
         for chain, direction in (("INPUT", "-i"), ("OUTPUT", "-o")):
             _check("ip", "netns", "exec", self.ns(node), "iptables", "-A", chain, direction, "eth0", "-j", "DROP")
 
+    def isolate(self, node: int) -> None:
+        """Cut ``node`` off from the other nodes only: clients on this host still reach it."""
+        for other in (1, 2, 3):
+            if other != node:
+                _check("ip", "netns", "exec", self.ns(node), "iptables", "-A", "INPUT", "-s", self.address(other),
+                       "-j", "DROP")
+                _check("ip", "netns", "exec", self.ns(node), "iptables", "-A", "OUTPUT", "-d", self.address(other),
+                       "-j", "DROP")
+
     def heal(self, node: int) -> None:
         _check("ip", "netns", "exec", self.ns(node), "iptables", "-F")
 
@@ -298,3 +308,23 @@ def test_node_cut_off_by_the_network(namespaced):
     assert [i["v"]["S"] for i in got["Items"]] == [f"during {n}" for n in range(10)]
     print(f"available again {available_after:.1f} s after the cut; caught up "
           f"{time.monotonic() - healed_at:.1f} s after healing")
+
+
+def test_registers_stay_linearizable_when_the_leader_is_cut_from_its_peers(namespaced):
+    """The leader loses its peers but not its clients: its lease runs out before another node
+    can lead, so it never answers a strongly consistent read with a value a newer write
+    replaced, and the writes it took before the cut are not lost."""
+    cluster = Cluster(namespaced.directory)
+    cluster.endpoints = namespaced.endpoints
+    create_table(cluster.client(1), "registers")
+    registers = Registers(cluster, "registers", filler_node=None)
+    try:
+        time.sleep(3)
+        leader = cluster.leader_of("registers")
+        namespaced.network.isolate(leader)
+        time.sleep(6)
+        namespaced.network.heal(leader)
+        time.sleep(4)
+    finally:
+        registers.join()
+    registers.assert_linearizable(answered_min=100)
