@@ -56,8 +56,10 @@ def main():
 @click.option("--nodes", type=click.IntRange(1, 26), default=None,
               help="Run a cluster of this many node processes (one per zone; every partition replicated on "
                    "each node, so use 3) instead of one process; node 1 serves on --port.")
+@click.option("--split-bytes", type=click.IntRange(min=1), default=limits.PARTITION_SPLIT_BYTES_DEFAULT,
+              show_default=True, help="Split a partition once its items take this many bytes (one process).")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None):
+       canary_interval: float, nodes: int | None, split_bytes: int):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     try:
         credentials = Credentials.load(credentials_file)
@@ -73,7 +75,7 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
         _echo_credentials(credentials)
         uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file), data_dir))
         return
-    uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
+    uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval, split_bytes))
 
 
 def _echo_credentials(credentials: Credentials) -> None:
@@ -86,13 +88,13 @@ def _echo_credentials(credentials: Credentials) -> None:
 
 
 async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials, node_id: str,
-                 zone: str, canary_interval: float) -> None:
+                 zone: str, canary_interval: float, split_bytes: int) -> None:
     from dynstore.api.operations import OPERATIONS, State
     from dynstore.api.server import Server
     from dynstore.canary import Canary
     from dynstore.status import node_status
 
-    state = await State.open(data_dir, region=region, address=f"{host}:{port}")
+    state = await State.open(data_dir, region=region, address=f"{host}:{port}", split_bytes=split_bytes)
     canary = Canary(state.router, clock=state.clock, interval_s=canary_interval)
     try:
         canary.start()

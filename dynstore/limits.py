@@ -324,3 +324,28 @@ NODE_START_TIMEOUT_S = 60.0
 
 assert FORWARD_POLL_S < HEARTBEAT_INTERVAL_S and FORWARD_WAIT_S < FORWARD_TIMEOUT_S
 assert NODE_RESTART_BACKOFF_MIN_S < NODE_RESTART_BACKOFF_MAX_S < NODE_RESTART_RESET_S
+
+# --- partition splits (dynstore/autoadmin/splits.py, dynstore/router/local.py) -------------------
+
+# A partition is split once its items pass this size, DynamoDB's figure: a DynamoDB partition
+# holds about 10 GB. A partition is also the unit that recovers, snapshots and moves, so its size
+# bounds how long a replica takes to rebuild from a snapshot (~10 GiB at disk speed: a minute or
+# two); smaller ones would cost more groups and more map entries for no gain on one node.
+PARTITION_SPLIT_BYTES_DEFAULT = 10 * 1024 ** 3
+# How often the split loop reads each partition's size: the statistics are in memory, so a round
+# costs microseconds per partition, and a second is far shorter than a partition takes to grow
+# by a noticeable part of the split size.
+SPLIT_CHECK_INTERVAL_S = 1.0
+# A partition of one item collection cannot be cut; it is looked at again (two scans of its items)
+# only after growing by this fraction, so such a partition costs a scan per eighth of growth, not
+# one per round.
+SPLIT_RETRY_GROWTH = 1 / 8
+
+# After a split the left part deletes the moved keys in batches of at most this many key bytes:
+# each batch is one WAL record (under twice its key bytes: 5 bytes of framing per key of at
+# least 10), well within WAL_RECORD_PAYLOAD_BYTES_MAX, and applying one holds the event loop
+# for milliseconds, not for the whole half of a partition.
+SPLIT_TRIM_BATCH_BYTES = 1024 * 1024
+
+assert 0 < SPLIT_RETRY_GROWTH < 1 and SPLIT_CHECK_INTERVAL_S > 0
+assert SPLIT_TRIM_BATCH_BYTES * 2 < WAL_RECORD_PAYLOAD_BYTES_MAX

@@ -300,6 +300,11 @@ class KeySchema:
             raise ValueError("storage key: trailing bytes")
         return key
 
+    def partition_prefix(self, storage_key: bytes) -> bytes:
+        """The leading ``hash ‖ partition key`` of a storage key: the first storage key of its partition key."""
+        _, at = _decode_component(self.hash_type, storage_key, _HASH_BYTES)
+        return storage_key[:at]
+
     def partition_range(self, pk_av: dict) -> tuple[bytes, bytes]:
         """[start, end) covering every item of one partition key."""
         prefix = self._prefix(pk_av)

@@ -152,6 +152,11 @@ class ReplicaGroup:
 class ReplicatedPartition:
     """The Partition face (router/partition.py) of a ReplicaGroup, for one leadership epoch."""
 
+    # A replicated table is one partition, never split: it owns every key and never holds writes.
+    start = b""
+    end = None
+    switch = None
+
     def __init__(self, group: ReplicaGroup):
         self.group = group
         self.reads = 0  # key lookups and range scans, as Partition counts them
