@@ -56,8 +56,10 @@ def main():
 @click.option("--nodes", type=click.IntRange(1, 26), default=None,
               help="Run a cluster of this many node processes (one per zone; every partition replicated on "
                    "each node, so use 3) instead of one process; node 1 serves on --port.")
-@click.option("--split-bytes", type=click.IntRange(min=1), default=limits.REPLICATED_SPLIT_BYTES_DEFAULT,
-              show_default=True, help="Split a partition once its items pass this many bytes (with --nodes).")
+@click.option("--split-bytes", type=click.IntRange(min=1), default=None,
+              help=f"Split a partition once its items pass this many bytes (default: "
+                   f"{limits.PARTITION_SPLIT_BYTES_DEFAULT} in one process, {limits.REPLICATED_SPLIT_BYTES_DEFAULT} "
+                   f"with --nodes, whose splits copy on the event loop).")
 @click.option("--hot-rate", type=click.FloatRange(min=0, min_open=True), default=limits.HOT_RATE_MIN_DEFAULT,
               show_default=True, help="Split a partition that takes half a node's requests at this many per "
                                       "second ... (with --nodes)")
@@ -68,18 +70,20 @@ def main():
 @click.option("--log-keep-entries", type=click.IntRange(min=0), default=limits.LOG_KEEP_ENTRIES, show_default=True,
               help="Log entries kept below a checkpoint for replicas a little behind (with --nodes).")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None, split_bytes: int, hot_rate: float, hot_seconds: float,
+       canary_interval: float, nodes: int | None, split_bytes: int | None, hot_rate: float, hot_seconds: float,
        checkpoint_entries: int, log_keep_entries: int):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     credentials = _credentials(credentials_file, host)
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
-        configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes, hot_rate,
-                                  hot_seconds, checkpoint_entries, log_keep_entries)
+        configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file,
+                                  split_bytes or limits.REPLICATED_SPLIT_BYTES_DEFAULT, hot_rate, hot_seconds,
+                                  checkpoint_entries, log_keep_entries)
         uvloop.run(run_cluster(configs, data_dir))
         return
-    uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))
+    uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval,
+                      split_bytes or limits.PARTITION_SPLIT_BYTES_DEFAULT))
 
 
 def _echo_credentials(credentials: Credentials) -> None:
@@ -92,13 +96,13 @@ def _echo_credentials(credentials: Credentials) -> None:
 
 
 async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials, node_id: str,
-                 zone: str, canary_interval: float) -> None:
+                 zone: str, canary_interval: float, split_bytes: int) -> None:
     from dynstore.api.operations import OPERATIONS, State
     from dynstore.api.server import Server
     from dynstore.canary import Canary
     from dynstore.status import node_status
 
-    state = await State.open(data_dir, region=region, address=f"{host}:{port}")
+    state = await State.open(data_dir, region=region, address=f"{host}:{port}", split_bytes=split_bytes)
     canary = Canary(state.router, clock=state.clock, interval_s=canary_interval)
     try:
         canary.start()

@@ -346,7 +346,14 @@ SPLIT_CHECK_INTERVAL_S = 1.0
 # one per round.
 SPLIT_RETRY_GROWTH = 1 / 8
 
+# After a split the left part deletes the moved keys in batches of at most this many key bytes:
+# each batch is one WAL record (under twice its key bytes: 5 bytes of framing per key of at
+# least 10), well within WAL_RECORD_PAYLOAD_BYTES_MAX, and applying one holds the event loop
+# for milliseconds, not for the whole half of a partition.
+SPLIT_TRIM_BATCH_BYTES = 1024 * 1024
+
 assert 0 < SPLIT_RETRY_GROWTH < 1 and SPLIT_CHECK_INTERVAL_S > 0
+assert SPLIT_TRIM_BATCH_BYTES * 2 < WAL_RECORD_PAYLOAD_BYTES_MAX
 
 # --- hot partitions (dynstore/autoadmin/heat.py) -------------------------------------------------
 

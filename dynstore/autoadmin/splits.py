@@ -42,7 +42,8 @@ class Splitter:
                 continue
             for partition in list(router.partitions(desc)):
                 size = partition_stats(self.state, partition).bytes
-                if size < self.split_bytes or size < self._uncuttable.get(partition, 0) * (1 + limits.SPLIT_RETRY_GROWTH):
+                retry = self._uncuttable.get(partition, 0) * (1 + limits.SPLIT_RETRY_GROWTH)
+                if size < self.split_bytes or size < retry:
                     continue
                 key = choose_split_key(desc, partition)
                 if key is None:

@@ -14,9 +14,19 @@ The contract every router keeps:
 * ``await create_table(desc)`` / ``update_table(desc)`` / ``delete_table(name)`` return
   only once the catalog change is durable; callers hold ``catalog_lock`` from the read
   of a description to the end of its change.
-* ``partition_for(desc, key)`` is the partition whose key range holds ``key``;
-  ``partitions(desc)`` are all of the table's partitions in key order. A partition
-  offers ``get``/``scan`` (durable state), ``get_latest`` and ``write`` (see partition.py).
+* ``partitions(desc)`` are the table's partitions in key order. A partition owns the
+  item storage keys (``schema.ITEMS`` ‖ encoded key) in ``[start, end)``: the first has
+  ``start == b""``, the last ``end is None``, and each ends where the next starts. Its
+  tree holds its statistics record, its items, the index entries of its own items and
+  its canary key (operations/schema.py). ``partition_for(desc, key)`` is the partition
+  whose range holds the item storage key ``key``.
+* A partition offers ``get``/``scan`` (durable state), ``get_latest``, ``settle`` and
+  ``write``, and ``switch``: None while it takes item writes, else an event set once a
+  split has changed the map (see partition.py).
+* ``await split(desc, partition, key)`` cuts a partition in two at a partition-key
+  boundary, online and crash-safe: in place on a single node (local.py), through the
+  partition group's log in a cluster (cluster.py, replicated.py); the cut itself is
+  operations/split.py.
 """
 from dynstore.router.catalog import Catalog
 from dynstore.router.local import LocalRouter

@@ -297,6 +297,10 @@ class ReplicaGroup:
 class ReplicatedPartition:
     """The Partition face (router/partition.py) of a ReplicaGroup, for one epoch."""
 
+    # A replicated split never holds writes (router/partition.py's ``switch``): a write proposed
+    # under the old range is refused when applied (StaleRange) and routed again.
+    switch = None
+
     def __init__(self, group: ReplicaGroup):
         self.group = group
         rng = group.range

@@ -297,15 +297,26 @@ class Engine:
 
     @classmethod
     def install_snapshot(cls, directory: str, chunks: Iterable[bytes], *, backend: str | None = None,
-                         sync: str = "auto") -> Engine:
+                         sync: str = "auto", **options) -> Engine:
         """Build a new partition directory from a snapshot stream and open it."""
+        items = verified_items(chunks)
+        lsn = next(items)
+        return cls.build(directory, items, lsn, backend=backend, sync=sync, **options)
+
+    @classmethod
+    def build(cls, directory: str, items: Iterable[tuple[bytes, bytes]], lsn: int, *,
+              backend: str | None = None, sync: str = "auto", **options) -> Engine:
+        """Build a new partition directory holding ``items`` (sorted by key) at ``lsn``, and open it.
+
+        The tree is bulk loaded and checkpointed at ``lsn`` and the log starts after it, so
+        the directory is complete and durable before this returns. A failure (``items``
+        may raise, a snapshot stream found corrupt) leaves no tree behind.
+        """
         if os.path.exists(os.path.join(directory, "tree.db")):
-            raise StorageError(f"{directory} already holds a partition; remove it before installing a snapshot")
+            raise StorageError(f"{directory} already holds a partition; remove it before building one there")
         os.makedirs(directory, exist_ok=True)
         tree = BTree(os.path.join(directory, "tree.db"), backend=backend)
         try:
-            items = verified_items(chunks)
-            lsn = next(items)
             tree.bulk_load(items)
             tree.checkpoint(lsn)
         except BaseException:
@@ -316,7 +327,7 @@ class Engine:
         wal = WAL(os.path.join(directory, "wal"), sync=sync, backend=backend)
         wal.reset(lsn + 1)
         wal.close()
-        return cls(directory, backend=backend, sync=sync)
+        return cls(directory, backend=backend, sync=sync, **options)
 
     # -- lifecycle --------------------------------------------------------------------
 

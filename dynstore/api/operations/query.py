@@ -1,4 +1,10 @@
-"""Query and Scan: one range scan over a table's (or an index's) key space.
+"""Query and Scan: range scans over a table's (or an index's) key space, across its partitions.
+
+A table's items are read partition after partition, each within its own key range. Every
+partition holds the index entries of its own items, so a read of an index merges the
+partitions' entries in index-key order (either direction); paging positions are keys,
+so a page may end in one partition and the next begin in another. A Query of the table
+or of a local index reads the one partition that holds its partition key.
 
 A page ends after ``Limit`` items were *evaluated* (read, before the filter) or once
 the items read add up to 1 MB, as in DynamoDB; then ``LastEvaluatedKey`` is the key of
@@ -23,7 +29,7 @@ from dynstore.api.expressions import (
 from dynstore.api.operations.capacity import Consumed, read_units
 from dynstore.api.operations.codec import decode_item
 from dynstore.api.operations.items import context, projection_of
-from dynstore.api.operations.schema import ITEMS, segment_range, space_end
+from dynstore.api.operations.schema import ITEMS, owned_entries, owned_items, segment_range, space_end
 from dynstore.api.operations.schema import table as find_table
 from dynstore.api.values import item_size
 
@@ -72,45 +78,45 @@ def _start_key_position(table, index, start_key: dict) -> bytes:
     return entry
 
 
-def _read_page(state, table, index, ranges: list, request: dict, filter_, projection, select: str,
-               reverse: bool) -> dict:
-    """Walk ``ranges`` (partition, start, end) and build the response page."""
+def _read_page(state, table, index, entries, request: dict, filter_, projection, select: str) -> dict:
+    """Walk ``entries`` (key, value, partition) in order and build the response page.
+
+    Items for a read of the table, index entries (value = the base item's storage key,
+    in the same partition) for a read of an index (schema.owned_items, owned_entries).
+    """
     limit = request.get("Limit")
     select_count = request.get("Select") == "COUNT"
     items: list[dict] = []
     scanned = 0
     size = 0
     last = None
-    for partition, start, end in ranges:
-        for stored_key, value in partition.scan(start, end, reverse=reverse):
-            if index is None:
-                item = decode_item(value)
-            else:
-                base = state.router.partition_for(table.desc, value).get(value)
-                if base is None:
-                    # The entry's base item is gone in a batch not yet applied: skip it.
-                    continue
-                item = decode_item(base)
-                # A local index sits beside its base items, so DynamoDB fetches them whole for the
-                # filter and for a Select beyond the projection; a global index has only what it projects.
-                if index.is_global:
-                    item = index.project(item)
-            scanned += 1
-            size += item_size(item)
-            if filter_ is None or filter_.evaluate(item):
-                if not select_count:
-                    if projection is not None:
-                        items.append(projection.apply(item))
-                    elif select == "ALL_PROJECTED_ATTRIBUTES":
-                        items.append(index.project(item))
-                    else:
-                        items.append(item)
+    for stored_key, value, partition in entries:
+        if index is None:
+            item = decode_item(value)
+        else:
+            base = partition.get(value)
+            if base is None:
+                # The entry's base item is gone in a batch not yet applied: skip it.
+                continue
+            item = decode_item(base)
+            # A local index sits beside its base items, so DynamoDB fetches them whole for the
+            # filter and for a Select beyond the projection; a global index has only what it projects.
+            if index.is_global:
+                item = index.project(item)
+        scanned += 1
+        size += item_size(item)
+        if filter_ is None or filter_.evaluate(item):
+            if not select_count:
+                if projection is not None:
+                    items.append(projection.apply(item))
+                elif select == "ALL_PROJECTED_ATTRIBUTES":
+                    items.append(index.project(item))
                 else:
-                    items.append(None)
-            if scanned == limit or size >= limits.PAGE_BYTES_MAX:
-                last = item
-                break
-        if last is not None:
+                    items.append(item)
+            else:
+                items.append(None)
+        if scanned == limit or size >= limits.PAGE_BYTES_MAX:
+            last = item
             break
     consumed = Consumed(table.name)
     units = read_units(size, bool(request.get("ConsistentRead")))
@@ -197,9 +203,15 @@ async def query(state, request: dict) -> dict:
             end = min(end, position)
         else:
             start = max(start, position + b"\x00")
-    partition = state.router.partition_for(table.desc, start)
-    return _read_page(state, table, index, [(partition, start, end)], request, filter_, projection, select,
-                      reverse)
+    # One partition key lives in one partition (splits cut between partition keys), and so do the
+    # local index entries of its items; a global index's entries are spread over every partition.
+    if index is not None and index.is_global:
+        entries = owned_entries(state.router.partitions(table.desc), start, end, reverse=reverse)
+    else:
+        item_start = ITEMS + table.schema.partition_range(key.partition_value)[0]
+        partition = [state.router.partition_for(table.desc, item_start)]
+        entries = (owned_items if index is None else owned_entries)(partition, start, end, reverse=reverse)
+    return _read_page(state, table, index, entries, request, filter_, projection, select)
 
 
 async def scan(state, request: dict) -> dict:
@@ -227,5 +239,6 @@ async def scan(state, request: dict) -> dict:
             raise ValidationException("The provided Exclusive start key does not map to the provided Segment and "
                                       "TotalSegments values.")
         start = max(start, position + b"\x00")
-    ranges = [(partition, start, end) for partition in state.router.partitions(table.desc)]
-    return _read_page(state, table, index, ranges, request, filter_, projection, select, False)
+    partitions = state.router.partitions(table.desc)
+    entries = (owned_items if index is None else owned_entries)(partitions, start, end)
+    return _read_page(state, table, index, entries, request, filter_, projection, select)

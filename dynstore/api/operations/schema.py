@@ -21,6 +21,10 @@ items with equal index keys stay distinct.
 """
 from __future__ import annotations
 
+import heapq
+from operator import itemgetter
+from typing import Iterator
+
 from dynstore import limits
 from dynstore.api.errors import ResourceNotFoundException, ValidationException
 from dynstore.api.keys import KeySchema
@@ -163,3 +167,40 @@ def segment_range(prefix: bytes, segment: int, total: int) -> tuple[bytes, bytes
     start = prefix + low.to_bytes(_HASH_BYTES, "big")
     end = space_end(prefix) if high == space else prefix + high.to_bytes(_HASH_BYTES, "big")
     return start, end
+
+
+def item_range(partition) -> tuple[bytes, bytes]:
+    """[start, end) of the item storage keys ``partition`` owns, within the item space."""
+    end = space_end(ITEMS)
+    return max(partition.start, ITEMS), end if partition.end is None else min(partition.end, end)
+
+
+def owned_items(partitions, start: bytes, end: bytes, *, reverse: bool = False) -> Iterator[tuple]:
+    """(key, item bytes, partition) of the items in [start, end), across ``partitions`` (in key order).
+
+    Each partition is read only within its own range, so a key a split left behind in a
+    partition that no longer owns it (router/local.py) is never read twice.
+    """
+    for partition in reversed(partitions) if reverse else partitions:
+        low, high = item_range(partition)
+        low, high = max(low, start), min(high, end)
+        if low < high:
+            for key, value in partition.scan(low, high, reverse=reverse):
+                yield key, value, partition
+
+
+def owned_entries(partitions, start: bytes, end: bytes, *, reverse: bool = False) -> Iterator[tuple]:
+    """(entry key, base storage key, partition) of the index entries in [start, end), in entry order.
+
+    Every partition holds the entries of its own items, so the partitions' entries are
+    merged; an entry counts only from the partition that owns its base item.
+    """
+    def entries(partition):
+        low, high = item_range(partition)
+        for key, base in partition.scan(start, end, reverse=reverse):
+            if low <= base < high:
+                yield key, base, partition
+
+    if len(partitions) == 1:
+        return entries(partitions[0])
+    return heapq.merge(*map(entries, partitions), key=itemgetter(0), reverse=reverse)

@@ -20,15 +20,9 @@ from __future__ import annotations
 from typing import Iterable
 
 from dynstore.api.operations.codec import decode_item
-from dynstore.api.operations.schema import INDEXES, ITEMS, STATS_KEY, Table, space_end
+from dynstore.api.operations.schema import INDEXES, ITEMS, STATS_KEY, Table, item_range
 from dynstore.api.operations.store import Stats
 from dynstore.api.values import item_size
-
-
-def item_range(partition) -> tuple[bytes, bytes]:
-    """[start, end) of the item storage keys ``partition`` owns, clipped to the item space."""
-    end = space_end(ITEMS)
-    return max(partition.start, ITEMS), end if partition.end is None else min(partition.end, end)
 
 
 def choose_split_key(desc: dict, partition) -> bytes | None:

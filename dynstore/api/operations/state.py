@@ -17,10 +17,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from dynstore import limits
 from dynstore.api.operations.store import partition_figures
 from dynstore.api.operations.ttl import expire_forever
 from dynstore.metrics import Metrics
-from dynstore.router import LocalRouter
 
 
 @dataclass
@@ -41,14 +41,21 @@ class State:
 
     @classmethod
     async def open(cls, data_dir: str, *, backend: str | None = None, sync: str = "auto",
-                   expire: bool = True, **identity) -> "State":
-        """Open the node's storage; ``expire`` starts the TTL expiry task."""
+                   expire: bool = True, split_bytes: int | None = limits.PARTITION_SPLIT_BYTES_DEFAULT,
+                   **identity) -> "State":
+        """Open the node's storage; ``expire`` starts the TTL expiry task, ``split_bytes`` the split loop."""
+        # Imported here: the router splits with operations/split.py, so it imports this package.
+        from dynstore.autoadmin.splits import Splitter
+        from dynstore.router import LocalRouter
+
         metrics = Metrics()
-        state = cls(LocalRouter(data_dir, backend=backend, sync=sync, metrics=metrics.storage), metrics=metrics,
-                    **identity)
+        router = await LocalRouter.open(data_dir, backend=backend, sync=sync, metrics=metrics.storage)
+        state = cls(router, metrics=metrics, **identity)
         metrics.watch_partitions(lambda: partition_figures(state))
         if expire:
             state._background.append(asyncio.create_task(expire_forever(state)))
+        if split_bytes is not None:
+            state._background.append(asyncio.create_task(Splitter(state, split_bytes).run()))
         return state
 
     async def close(self) -> None:

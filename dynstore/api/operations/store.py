@@ -2,7 +2,8 @@
 
 ``write_item`` is the one place an item changes: PutItem, UpdateItem, DeleteItem,
 BatchWriteItem and TTL expiry all call it with a ``decide(old) -> new`` function.
-It reads the current item with ``get_latest`` (writes accepted but not yet durable
+It waits while a split holds the item's partition (router/partition.py), then
+reads the current item with ``get_latest`` (writes accepted but not yet durable
 included), lets ``decide`` check conditions and build the new item, and writes in
 one batch, without an ``await`` in between (see router/partition.py):
 
@@ -28,7 +29,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from dynstore.api.errors import DynamoDBError
+from dynstore.api.errors import DynamoDBError, ResourceNotFoundException
 from dynstore.api.operations.capacity import Consumed, write_units
 from dynstore.api.operations.codec import decode_item, encode_item
 from dynstore.api.operations.schema import STATS_KEY, Table
@@ -98,6 +99,13 @@ async def write_item(state, table: Table, key: dict, decide: Callable[[dict | No
     """
     storage_key = table.storage_key(key)
     partition = state.router.partition_for(table.desc, storage_key)
+    while partition.switch is not None:
+        # A split holds this partition's writes: wait for the new map, where the key may have moved.
+        await partition.switch.wait()
+        current = state.router.table(table.name)
+        if current is None or current["TableId"] != table.table_id:
+            raise ResourceNotFoundException()  # deleted meanwhile
+        partition = state.router.partition_for(table.desc, storage_key)
     stored = partition.get_latest(storage_key)
     old = None if stored is None else decode_item(stored)
     try:

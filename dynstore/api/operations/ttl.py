@@ -5,7 +5,8 @@ The TTL setting is stored in the table's description (``TimeToLive``:
 number of epoch seconds at or before now; as in DynamoDB, a value more than five
 years in the past, or an attribute of another type, never expires the item.
 
-The expiry task walks each TTL-enabled table's items in rounds, resuming where the
+The expiry task walks each TTL-enabled table's items in rounds (partition after
+partition, each within its range), resuming where the
 previous round stopped (``state.ttl_cursors``), and deletes expired items through
 store.write_item, re-checking the expiry on the current item, so an item rewritten
 meanwhile with a later TTL survives. Each round reads and deletes a bounded number
@@ -15,12 +16,13 @@ here an expired item goes within a round or a few.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from decimal import Decimal, InvalidOperation
 
 from dynstore import limits
 from dynstore.api.errors import ValidationException
 from dynstore.api.operations.codec import decode_item
-from dynstore.api.operations.schema import ITEMS, space_end
+from dynstore.api.operations.schema import ITEMS, owned_items, space_end
 from dynstore.api.operations.schema import table as find_table
 from dynstore.api.operations.store import write_item
 from dynstore.api.operations.tables import existing
@@ -82,12 +84,12 @@ async def expire_once(state) -> int:
         start = state.ttl_cursors.get(table.table_id, ITEMS)
         doomed = []
         last = None
-        for partition in state.router.partitions(desc):
-            for stored_key, value in partition.scan(start, space_end(ITEMS), limit=limits.TTL_DELETES_PER_ROUND_MAX):
-                last = stored_key
-                item = decode_item(value)
-                if expired(item, attribute, now):
-                    doomed.append(table.key_of(item))
+        items = owned_items(state.router.partitions(desc), start, space_end(ITEMS))
+        for stored_key, value, _ in itertools.islice(items, limits.TTL_DELETES_PER_ROUND_MAX):
+            last = stored_key
+            item = decode_item(value)
+            if expired(item, attribute, now):
+                doomed.append(table.key_of(item))
         # Resume after the last item read, or start over once the table was walked.
         if last is None:
             state.ttl_cursors.pop(table.table_id, None)
