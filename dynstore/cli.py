@@ -73,7 +73,8 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
     if nodes is not None:
         from dynstore.node.supervisor import cluster_configs, run_cluster
         _echo_credentials(credentials)
-        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes),
+        uvloop.run(run_cluster(cluster_configs(nodes, host, port, data_dir, region, credentials_file, split_bytes,
+                                               canary_interval),
                                data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval))

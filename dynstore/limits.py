@@ -342,3 +342,10 @@ SPLIT_CHECK_INTERVAL_S = 1.0
 SPLIT_RETRY_GROWTH = 1 / 8
 
 assert 0 < SPLIT_RETRY_GROWTH < 1 and SPLIT_CHECK_INTERVAL_S > 0
+
+# --- the cluster's status (dynstore/status.py) --------------------------------------------------
+
+# How long `dynstore status` waits for each other node's /status before showing it as down: a
+# node builds the document in milliseconds, so a node silent this long is dead, cut off or
+# stalled, and an operator looking at an incident should not wait longer for the rest.
+STATUS_NODE_TIMEOUT_S = 3.0

@@ -7,6 +7,7 @@
     region = "us-east-1"                  # the region the endpoint reports
     credentials_file = ""                 # INI access keys; empty: DYNSTORE_ACCESS_KEY_ID/... or development
     split_bytes = 10737418240             # a partition past this many item bytes is split (autoadmin)
+    canary_interval_s = 1.0               # seconds between availability probes of each led partition
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1
@@ -24,7 +25,7 @@ import json
 import tomllib
 from dataclasses import dataclass
 
-from dynstore.limits import PARTITION_SPLIT_BYTES_DEFAULT
+from dynstore.limits import CANARY_INTERVAL_S, PARTITION_SPLIT_BYTES_DEFAULT
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -54,6 +55,7 @@ class NodeConfig:
     region: str = "us-east-1"
     credentials_file: str = ""
     split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
+    canary_interval_s: float = CANARY_INTERVAL_S
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -71,12 +73,14 @@ class NodeConfig:
         nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
                                   _address(n["forward"])) for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
-                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)))
+                   doc.get("credentials_file", ""), int(doc.get("split_bytes", PARTITION_SPLIT_BYTES_DEFAULT)),
+                   float(doc.get("canary_interval_s", CANARY_INTERVAL_S)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
         lines = [f"node_id = {self.node_id}", f"data_dir = {q(self.data_dir)}", f"region = {q(self.region)}",
-                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}"]
+                 f"credentials_file = {q(self.credentials_file)}", f"split_bytes = {self.split_bytes}",
+                 f"canary_interval_s = {self.canary_interval_s!r}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]

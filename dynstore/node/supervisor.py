@@ -30,8 +30,8 @@ import time
 
 import click
 
-from dynstore.limits import (NODE_RESTART_BACKOFF_MAX_S, NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S,
-                             NODE_START_TIMEOUT_S, PARTITION_SPLIT_BYTES_DEFAULT)
+from dynstore.limits import (CANARY_INTERVAL_S, NODE_RESTART_BACKOFF_MAX_S, NODE_RESTART_BACKOFF_MIN_S,
+                             NODE_RESTART_RESET_S, NODE_START_TIMEOUT_S, PARTITION_SPLIT_BYTES_DEFAULT)
 from dynstore.node.config import NodeAddress, NodeConfig
 from dynstore.replication.group_process import free_ports
 
@@ -52,8 +52,8 @@ def _free_or_any(host: str, port: int) -> int:
 
 
 def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str,
-                    credentials_file: str | None, split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT
-                    ) -> list[NodeConfig]:
+                    credentials_file: str | None, split_bytes: int = PARTITION_SPLIT_BYTES_DEFAULT,
+                    canary_interval_s: float = CANARY_INTERVAL_S) -> list[NodeConfig]:
     data_dir = os.path.abspath(data_dir)
     spare = free_ports(2 * nodes)
 
@@ -67,7 +67,7 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
                     ("127.0.0.1", spare[2 * (i - 1)]), ("127.0.0.1", spare[2 * (i - 1) + 1]))
         for i in range(1, nodes + 1))
     return [NodeConfig(n.id, os.path.join(data_dir, f"node-{n.id}", "data"), addresses, region,
-                       os.path.abspath(credentials_file) if credentials_file else "", split_bytes)
+                       os.path.abspath(credentials_file) if credentials_file else "", split_bytes, canary_interval_s)
             for n in addresses]
 
 
