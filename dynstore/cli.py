@@ -79,7 +79,7 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
         _echo_credentials(credentials)
         configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file,
                                   split_bytes or limits.REPLICATED_SPLIT_BYTES_DEFAULT, hot_rate, hot_seconds,
-                                  checkpoint_entries, log_keep_entries)
+                                  checkpoint_entries, log_keep_entries, canary_interval)
         uvloop.run(run_cluster(configs, data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval,

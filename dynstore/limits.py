@@ -383,3 +383,10 @@ CLUSTER_SECRET_BYTES = 32
 # election, so after a leader change or a split the router's first guess is wrong for about that
 # long, and each wrong guess costs one hop (the node routes the request on), never an error.
 ROUTER_MAP_TTL_S = ELECTION_TIMEOUT_S
+
+# --- the cluster's status (dynstore/status.py) --------------------------------------------------
+
+# How long `dynstore status` waits for each other node's /status before showing it as down: a
+# node builds the document in milliseconds, so a node silent this long is dead, cut off or
+# stalled, and an operator looking at an incident should not wait longer for the rest.
+STATUS_NODE_TIMEOUT_S = 3.0

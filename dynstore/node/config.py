@@ -13,6 +13,7 @@
     hot_sustain_s = 30.0
     checkpoint_entries = 10000            # applied entries between checkpoints of each replica's tree
     log_keep_entries = 2000               # entries kept below a checkpoint for peers a little behind
+    canary_interval_s = 1.0               # seconds between availability probes of each led partition
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1
@@ -30,8 +31,8 @@ import json
 import tomllib
 from dataclasses import dataclass
 
-from dynstore.limits import (CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES,
-                             REPLICATED_SPLIT_BYTES_DEFAULT)
+from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT,
+                             LOG_KEEP_ENTRIES, REPLICATED_SPLIT_BYTES_DEFAULT)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -66,6 +67,7 @@ class NodeConfig:
     hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT
     checkpoint_entries: int = CHECKPOINT_ENTRIES
     log_keep_entries: int = LOG_KEEP_ENTRIES
+    canary_interval_s: float = CANARY_INTERVAL_S
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -95,7 +97,8 @@ class NodeConfig:
                    float(doc.get("hot_rate_min", HOT_RATE_MIN_DEFAULT)),
                    float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)),
                    int(doc.get("checkpoint_entries", CHECKPOINT_ENTRIES)),
-                   int(doc.get("log_keep_entries", LOG_KEEP_ENTRIES)))
+                   int(doc.get("log_keep_entries", LOG_KEEP_ENTRIES)),
+                   float(doc.get("canary_interval_s", CANARY_INTERVAL_S)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
@@ -103,7 +106,8 @@ class NodeConfig:
                  f"credentials_file = {q(self.credentials_file)}",
                  f"cluster_secret_file = {q(self.cluster_secret_file)}", f"split_bytes = {self.split_bytes}",
                  f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}",
-                 f"checkpoint_entries = {self.checkpoint_entries}", f"log_keep_entries = {self.log_keep_entries}"]
+                 f"checkpoint_entries = {self.checkpoint_entries}", f"log_keep_entries = {self.log_keep_entries}",
+                 f"canary_interval_s = {self.canary_interval_s!r}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]

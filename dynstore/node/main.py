@@ -9,8 +9,10 @@ cleanly on SIGTERM or SIGINT; after a kill -9 the replicas recover from their lo
 failing disk or a programmer error in a replica stops the node with exit code 70, so that
 its supervisor restarts it (recovery from the log) instead of it serving half broken.
 
-``GET /status`` answers ``{"node": {...}, "nodes": [...], "groups": {"meta" | table name:
-replica status (replica.py)}, "forwarded": n}``.
+The node's availability canary (dynstore/canary.py) probes the partitions whose groups it
+leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
+(dynstore/status.py) with ``"groups": {"meta" | table name: replica status (replica.py)},
+"forwarded": n`` added.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ async def serve(config: NodeConfig) -> int:
     from dynstore.api.operations import State
     from dynstore.api.server import Server
     from dynstore.autoadmin.service import Autoadmin
+    from dynstore.canary import Canary, led_partitions
     from dynstore.node.routing import Routing
     from dynstore.replication.tasks import Tasks
     from dynstore.router.cluster import ClusterRouter
@@ -55,11 +58,14 @@ async def serve(config: NodeConfig) -> int:
     control = Tasks(f"node {me.id} autoadmin", fatal)
     control.spawn(Autoadmin(state, routing.call_node, [n.id for n in config.nodes], split_bytes=config.split_bytes,
                             hot_rate_min=config.hot_rate_min, hot_sustain_s=config.hot_sustain_s).run())
+    # Probes the partitions whose groups this node leads (dynstore/canary.py).
+    canary = Canary(router, partitions=led_partitions, clock=state.clock, interval_s=config.canary_interval_s)
     try:
         await routing.start(*me.forward)
 
+        canary.start()
         server = Server(routing.operations, state, credentials, region=config.region, metrics=state.metrics,
-                        status=lambda: node_status(state, routing, config))
+                        status=lambda: node_status(state, canary, routing, config))
         await server.start(host, port)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -69,40 +75,40 @@ async def serve(config: NodeConfig) -> int:
         server.close()
         await server.wait_closed()
     finally:
+        await canary.stop()
         await control.cancel_all()
         await routing.close()
         await state.close()
     return EXIT_FATAL if failures else 0
 
 
-# No canary probes a cluster's partitions yet: its availability is unknown, not perfect.
-_NOT_MEASURED = {"window_start": None, "window": None, "day": None, "window_requests": 0, "day_requests": 0}
-
-
-def node_status(state, routing, config: NodeConfig) -> dict:
-    """The status document (dynstore/status.py's format, which ``dynstore status`` shows) plus
+def node_status(state, canary, routing, config: NodeConfig) -> dict:
+    """The status document (dynstore/status.py's format, which ``dynstore status`` merges) plus
     ``groups``: each replica of this node (replica.py's status) by table name, and "meta"."""
-    from dynstore.api.operations.store import partition_stats
+    from dynstore.status import node_document, partition_status
 
     router = state.router
     nodes = [{"id": f"node-{n.id}", "zone": n.zone, "address": f"{n.endpoint[0]}:{n.endpoint[1]}"}
              for n in config.nodes]
-    partitions = []
+    replicas = [n["id"] for n in nodes]
+    partitions, pids = [], []
+    leads = int(router.meta.is_leader())
     for name in router.table_names():
         desc = router.table(name)
         for number, group in enumerate(router.table_groups(desc)):
-            stats = partition_stats(state, group.view())
-            leader = group.leader_hint()
-            rng = group.range
-            partitions.append({
-                "table": name, "table_id": desc["TableId"], "partition": number, "group": group.group,
-                "start": rng.start.hex(), "end": None if rng.end is None else rng.end.hex(),
-                "leader": f"node-{leader}" if leader is not None else "-",
-                "replicas": [n["id"] for n in nodes], "applied_lsn": group.replica.applied, "items": stats.items,
-                "bytes": stats.bytes, "availability": _NOT_MEASURED})
-    return {"node": dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region),
-            "nodes": nodes, "availability": _NOT_MEASURED, "partitions": partitions, "groups": router.status(),
-            "forwarded": routing.forwarded}
+            pid = (desc["TableId"], group.group)
+            pids.append(pid)
+            core, leader, rng = group.replica.core, group.leader_hint(), group.range
+            leads += group.is_leader()
+            partitions.append(partition_status(
+                state, canary, name, desc, number, group.view(), pid, group=group.group, start=rng.start.hex(),
+                end=None if rng.end is None else rng.end.hex(),
+                leader=f"node-{leader}" if leader is not None else "-", role=core.role,
+                lease_valid=core.lease_valid(group.replica.clock()), ballot=list(core.ballot) if core.ballot else None,
+                replicas=replicas, commit=core.store.commit, applied_lsn=group.replica.applied))
+    me = dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region)
+    return dict(node_document(canary, me, nodes, leads, partitions, pids), groups=router.status(),
+                forwarded=routing.forwarded)
 
 
 @click.command()
