@@ -324,3 +324,21 @@ NODE_START_TIMEOUT_S = 60.0
 
 assert FORWARD_POLL_S < HEARTBEAT_INTERVAL_S and FORWARD_WAIT_S < FORWARD_TIMEOUT_S
 assert NODE_RESTART_BACKOFF_MIN_S < NODE_RESTART_BACKOFF_MAX_S < NODE_RESTART_RESET_S
+
+# --- a cluster node serving the DynamoDB API (dynstore/node/routing.py) -------------------------
+
+# Largest frame between nodes forwarding DynamoDB requests: a request of HTTP_BODY_BYTES_MAX
+# re-encoded, or an answer of BATCH_GET_RESPONSE_BYTES_MAX of items as JSON, where base64 makes
+# binary a third larger and escaping makes control characters six times larger.
+FORWARD_FRAME_BYTES_MAX = 6 * BATCH_GET_RESPONSE_BYTES_MAX + HTTP_BODY_BYTES_MAX
+# A node that got an answer from another node's leader serves its next local reads (eventually
+# consistent reads, DescribeTable) only once its own replica applied what that leader had, so a
+# client reads its writes through the node it wrote through. A follower learns each commit within
+# a heartbeat; five of them cover a busy loop, and a replica still behind after that is cut off
+# from its leader and answers from what it has, as an eventually consistent read may.
+CATCH_UP_WAIT_S = 5 * HEARTBEAT_INTERVAL_S
+# Between looks at the replica while it catches up: small against the heartbeat it waits for.
+CATCH_UP_POLL_S = HEARTBEAT_INTERVAL_S / 20
+
+assert FORWARD_FRAME_BYTES_MAX >= HTTP_BODY_BYTES_MAX + BATCH_GET_RESPONSE_BYTES_MAX
+assert CATCH_UP_POLL_S < CATCH_UP_WAIT_S < ELECTION_TIMEOUT_S

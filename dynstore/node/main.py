@@ -9,6 +9,10 @@ cleanly on SIGTERM or SIGINT; after a kill -9 the replicas recover from their lo
 failing disk or a programmer error in a replica stops the node with exit code 70, so that
 its supervisor restarts it (recovery from the log) instead of it serving half broken.
 
+The node deletes expired items (TTL, dynstore/api/operations/ttl.py) of the partitions it
+leads, each round after its replica's read barrier; a round cut short by a change of leader
+is left to the new leader.
+
 ``GET /status`` answers ``{"node": {...}, "nodes": [...], "groups": {"meta" | table name:
 replica status (replica.py)}, "forwarded": n}``.
 """
@@ -22,7 +26,9 @@ import click
 import uvloop
 
 from dynstore.api.credentials import Credentials
+from dynstore.limits import TTL_SCAN_INTERVAL_S
 from dynstore.node.config import NodeConfig
+from dynstore.replication.errors import Busy, NotLeader
 
 EXIT_FATAL = 70
 
@@ -47,6 +53,7 @@ async def serve(config: NodeConfig) -> int:
     host, port = me.endpoint
     state = State(router, region=config.region, address=f"{host}:{port}")
     routing = Routing(state, me.id, {n.id: n.forward for n in config.nodes})
+    expiry = asyncio.ensure_future(expire_led(state))
     try:
         await routing.start(*me.forward)
 
@@ -61,9 +68,33 @@ async def serve(config: NodeConfig) -> int:
         server.close()
         await server.wait_closed()
     finally:
+        expiry.cancel()
+        await asyncio.gather(expiry, return_exceptions=True)
         await routing.close()
         await state.close()
     return EXIT_FATAL if failures else 0
+
+
+async def _leads(partition) -> bool:
+    """Whether this node's replica leads the partition, with every committed write applied."""
+    group = partition.group
+    if not group.is_leader():
+        return False
+    try:
+        await group.read_barrier()
+    except NotLeader:
+        return False
+    return True
+
+
+async def expire_led(state) -> None:
+    from dynstore.api.operations.ttl import expire_once
+    while True:
+        await asyncio.sleep(TTL_SCAN_INTERVAL_S)
+        try:
+            await expire_once(state, _leads)
+        except (NotLeader, Busy):
+            pass  # the partition has another leader now, which expires what is left
 
 
 # No canary probes a cluster's partitions yet: its availability is unknown, not perfect.

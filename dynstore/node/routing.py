@@ -16,8 +16,19 @@ decides where the request runs and runs the operation there, unchanged:
   partition, after ``read_barrier``: the leader holds a valid lease and has applied every
   write committed before, so conditional writes decide on the latest state
   (replicated.py) and strong reads see every acknowledged write.
-* BatchGetItem and BatchWriteItem over several tables are split by table, each part
-  routed on its own, and the answers merged.
+* BatchGetItem and BatchWriteItem over several tables are validated whole (limits over the
+  request, every key and item), then split by table, each part routed on its own, and the
+  answers merged.
+
+Reading one's writes through one node: every forwarded request and every answer carries,
+for the metadata group and the groups of the tables it names, the slot the sending node had
+applied (or had heard of from another node). A node looks up its catalog only after its
+metadata replica applied what it heard of, and runs an operation only after the table's
+replicas did too, waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
+heartbeat; one cut off from its leader answers from what it has; a leader has applied all
+of it already). So a table created, updated or deleted through a node is seen so by it at
+once, an eventually consistent read reflects every write acknowledged through the same
+node, and so do the counts DescribeTable and DeleteTable report.
 
 A request for a group led elsewhere is forwarded to the leader's node over the forward
 port, following the replica's leader hint; with no leader known (an election) it waits
@@ -27,9 +38,12 @@ counts, and a request is not forwarded more than FORWARD_HOPS_MAX times.
 Forward protocol (node to node, on each node's forward port): the frames of
 dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
 
-    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n}
-      -> {"id", "ok": true, "result": {...}}
-      |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...}}
+    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n, "applied": {"<group>": slot, ...}}
+      -> {"id", "ok": true, "result": {...}, "applied": {"<group>": slot, ...}}
+      |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...},
+          "applied": {...}}
+
+Frames are at most FORWARD_FRAME_BYTES_MAX: the largest request, or the largest answer.
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -45,7 +59,9 @@ import time
 from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
-from dynstore.limits import FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S
+from dynstore.api.operations.batch import check_batch
+from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, FORWARD_FRAME_BYTES_MAX, FORWARD_HOPS_MAX,
+                             FORWARD_POLL_S, FORWARD_TIMEOUT_S, FORWARD_WAIT_S)
 from dynstore.replication.errors import Busy, NotLeader
 from dynstore.replication.group_process import GroupClient, serve_frames, write_frame
 
@@ -108,6 +124,9 @@ class Routing:
         self._clients: dict[int, GroupClient] = {}
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
+        # Group -> the highest slot another node reported to this one (in a forwarded request or
+        # an answer) that this node's replica had not applied yet when it last looked.
+        self._heard: dict[int, int] = {}
         self.operations = {op: self._entry(op) for op in OPERATIONS}
 
     def _entry(self, op: str):
@@ -121,16 +140,47 @@ class Routing:
     async def route(self, op: str, request: dict, hops: int) -> dict:
         if op in _ANYWHERE:
             return await self._run(op, request)
+        await self._catch_up([self.router.meta])
         names = _tables(op, request)
-        if op in _BATCHES and len(names) > 1:
-            parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
-            return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
         descs = [self.router.table(name) for name in names]
         if op in _CATALOG_CHANGES or op == "ListTables" or None in descs:
             return await self._at_leader(self.router.meta, op, request, hops)
+        if op in _BATCHES and len(names) > 1:
+            check_batch(self.state, op, request)
+            parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
+            return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
         if op in _CATALOG_READS or (op in _READS and not _consistent(op, request)):
             return await self._run(op, request)
         return await self._at_leader(self.router.group_of(descs[0]), op, request, hops)
+
+    def _groups(self, descs: list[dict]) -> list:
+        """This node's replicas of the metadata group and of the tables' partitions."""
+        return [self.router.meta] + [p.group for desc in descs for p in self.router.partitions(desc)]
+
+    async def _catch_up(self, groups: list) -> None:
+        """Once this node's replicas of ``groups`` applied what other nodes reported to it, or
+        CATCH_UP_WAIT_S passed."""
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        for group in groups:
+            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(CATCH_UP_POLL_S)
+            if group.replica.applied >= self._heard.get(group.group, 0):
+                self._heard.pop(group.group, None)  # the replica's own figure says as much now
+
+    def _known_groups(self, op: str, request: dict) -> list:
+        """The groups of ``_groups`` for the tables of a request that this node's catalog holds."""
+        return self._groups([desc for desc in map(self.router.table, _tables(op, request)) if desc is not None])
+
+    def _applied(self, op: str, request: dict) -> dict[str, int]:
+        """What this node applied or heard of in the groups a request touches, sent along with a
+        forwarded request and with its answer."""
+        return {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
+                for g in self._known_groups(op, request)}
+
+    def _hear(self, applied: dict[str, int]) -> None:
+        for group, slot in applied.items():
+            if slot > self._heard.get(int(group), 0):
+                self._heard[int(group)] = slot
 
     async def _at_leader(self, group, op: str, request: dict, hops: int) -> dict:
         deadline = time.monotonic() + FORWARD_WAIT_S
@@ -160,6 +210,7 @@ class Routing:
             await asyncio.sleep(FORWARD_POLL_S)
 
     async def _run(self, op: str, request: dict) -> dict:
+        await self._catch_up(self._known_groups(op, request))
         try:
             return await OPERATIONS[op](self.state, request)
         except (NotLeader, Busy) as exc:
@@ -180,11 +231,11 @@ class Routing:
         if client is None or client.closed:
             host, port = self.addresses[node]
             try:
-                client = self._clients[node] = await GroupClient.connect(port, host)
+                client = self._clients[node] = await GroupClient.connect(port, host, FORWARD_FRAME_BYTES_MAX)
             except OSError:
                 return None
         self.forwarded += 1
-        call = asyncio.ensure_future(client.call(op, request=request, hops=hops))
+        call = asyncio.ensure_future(client.call(op, request=request, hops=hops, applied=self._applied(op, request)))
         deadline = time.monotonic() + FORWARD_TIMEOUT_S
         while not call.done():
             await asyncio.wait({call}, timeout=FORWARD_POLL_S)
@@ -205,6 +256,7 @@ class Routing:
             await self._drop_client(node, client)
             raise InternalServerError(f"lost node {node} while it served the request; it may or may not have "
                                       f"taken effect") from None
+        self._hear(answer.get("applied", {}))  # a node of the previous version reports none
         if answer["ok"]:
             return answer["result"]
         raise error_from_body(answer["status"], answer["body"])
@@ -220,9 +272,10 @@ class Routing:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Requests already taken run to the end when the forwarding node goes away: cancelling a
         # write between its proposal and its answer would gain nothing and hide its outcome.
-        await serve_frames(reader, writer, self._answer, cancel_on_close=False)
+        await serve_frames(reader, writer, self._answer, cancel_on_close=False, bytes_max=FORWARD_FRAME_BYTES_MAX)
 
     async def _answer(self, frame: dict, writer: asyncio.StreamWriter) -> None:
+        self._hear(frame.get("applied", {}))
         try:
             answer = {"ok": True, "result": await self.route(frame["op"], frame["request"], frame["hops"])}
         except DynamoDBError as error:
@@ -232,6 +285,7 @@ class Routing:
             error = InternalServerError()
             answer = {"ok": False, "status": error.status, "body": error.body()}
         answer["id"] = frame["id"]
+        answer["applied"] = self._applied(frame["op"], frame["request"])
         if not writer.is_closing():
             write_frame(writer, answer)
 

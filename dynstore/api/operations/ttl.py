@@ -69,8 +69,12 @@ def expired(item: dict | None, attribute: str, now: float) -> bool:
     return now - limits.TTL_PAST_MAX_S <= when <= Decimal(repr(now))
 
 
-async def expire_once(state) -> int:
-    """One round over every TTL-enabled table; returns how many items it deleted."""
+async def expire_once(state, leads=None) -> int:
+    """One round over every TTL-enabled table; returns how many items it deleted.
+
+    ``leads(partition)``, awaited, tells a cluster node whether it may write the partition
+    (its replica leads it): a node expires only the partitions it leads.
+    """
     deleted = 0
     for name in state.router.table_names():
         desc = state.router.table(name)
@@ -83,6 +87,8 @@ async def expire_once(state) -> int:
         doomed = []
         last = None
         for partition in state.router.partitions(desc):
+            if leads is not None and (not await leads(partition) or state.router.table(name) is not desc):
+                continue  # led elsewhere, or the table changed while this node made sure it leads
             for stored_key, value in partition.scan(start, space_end(ITEMS), limit=limits.TTL_DELETES_PER_ROUND_MAX):
                 last = stored_key
                 item = decode_item(value)
