@@ -1,10 +1,14 @@
 """The ``dynstore`` command.
 
-``dynstore up`` serves the DynamoDB API from one process over the storage under
-``--data-dir``, prints the endpoint and the credentials to use, and stops cleanly on Ctrl-C
-or SIGTERM: it stops accepting, lets running requests answer (a few seconds at most), then
-closes the storage. Prometheus metrics are served at ``GET /metrics`` on the same port, and
-the node's status with the availability its canary measures (dynstore/canary.py) at
+``dynstore up`` runs a cluster of three node processes on this machine, one per zone, each
+holding a replica of every partition (dynstore/node/supervisor.py), with the storage under
+``--data-dir``; node 1 serves the DynamoDB API on ``--port`` and every node is an endpoint.
+It prints the endpoints and the credentials to use, and stops cleanly on Ctrl-C or SIGTERM.
+
+``dynstore up --nodes 1`` serves the API from one process instead, without replication: it
+stops accepting on Ctrl-C or SIGTERM, lets running requests answer (a few seconds at most),
+then closes the storage. Prometheus metrics are served at ``GET /metrics`` on the same port,
+and the node's status with the availability its canary measures (dynstore/canary.py) at
 ``GET /status``, which ``dynstore status`` shows.
 """
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
+import socket
 import sys
 
 import click
@@ -49,33 +54,41 @@ def main():
 @click.option("--credentials-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="INI file of access keys, like ~/.aws/credentials (also: DYNSTORE_ACCESS_KEY_ID and "
                    "DYNSTORE_SECRET_ACCESS_KEY).")
-@click.option("--node-id", default="node-1", show_default=True, help="This node's name in the status.")
-@click.option("--zone", default="zone-a", show_default=True, help="This node's availability zone.")
+@click.option("--nodes", type=click.IntRange(1, 26), default=3, show_default=True,
+              help="Node processes, one per zone, each holding a replica of every partition (3 survives the "
+                   "loss of one); node 1 serves on --port. 1 runs a single process without replication.")
+@click.option("--node-id", default="node-1", show_default=True, help="This node's name in the status (--nodes 1).")
+@click.option("--zone", default="zone-a", show_default=True, help="This node's availability zone (--nodes 1).")
 @click.option("--canary-interval", default=limits.CANARY_INTERVAL_S, show_default=True,
               type=click.FloatRange(min=0.01), help="Seconds between availability probes of each partition.")
-@click.option("--nodes", type=click.IntRange(1, 26), default=None,
-              help="Run a cluster of this many node processes (one per zone; every partition replicated on "
-                   "each node, so use 3) instead of one process; node 1 serves on --port.")
 @click.option("--split-bytes", type=click.IntRange(min=1), default=None,
               help=f"Split a partition once its items pass this many bytes (default: "
                    f"{limits.PARTITION_SPLIT_BYTES_DEFAULT} in one process, {limits.REPLICATED_SPLIT_BYTES_DEFAULT} "
-                   f"with --nodes, whose splits copy on the event loop).")
+                   f"in a cluster, whose splits copy on the event loop).")
 @click.option("--hot-rate", type=click.FloatRange(min=0, min_open=True), default=limits.HOT_RATE_MIN_DEFAULT,
               show_default=True, help="Split a partition that takes half a node's requests at this many per "
-                                      "second ... (with --nodes)")
+                                      "second ... (cluster)")
 @click.option("--hot-seconds", type=click.FloatRange(min=0), default=limits.HOT_SUSTAIN_S_DEFAULT,
               show_default=True, help="... for this long.")
 @click.option("--checkpoint-entries", type=click.IntRange(min=1), default=limits.CHECKPOINT_ENTRIES,
-              show_default=True, help="Applied entries between checkpoints of each replica (with --nodes).")
+              show_default=True, help="Applied entries between checkpoints of each replica (cluster).")
 @click.option("--log-keep-entries", type=click.IntRange(min=0), default=limits.LOG_KEEP_ENTRIES, show_default=True,
-              help="Log entries kept below a checkpoint for replicas a little behind (with --nodes).")
-def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, node_id: str, zone: str,
-       canary_interval: float, nodes: int | None, split_bytes: int | None, hot_rate: float, hot_seconds: float,
+              help="Log entries kept below a checkpoint for replicas a little behind (cluster).")
+def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, nodes: int, node_id: str,
+       zone: str, canary_interval: float, split_bytes: int | None, hot_rate: float, hot_seconds: float,
        checkpoint_entries: int, log_keep_entries: int):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     credentials = _credentials(credentials_file, host)
-    if nodes is not None:
+    if nodes > 1:
         from dynstore.node.supervisor import cluster_configs, run_cluster
+        # Node 1 binds --port only once it has opened its replicas; a port taken by another
+        # server is reported now, as the single process reports it.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise _cannot_listen(host, port, exc) from None
         _echo_credentials(credentials)
         configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file,
                                   split_bytes or limits.REPLICATED_SPLIT_BYTES_DEFAULT, hot_rate, hot_seconds,
@@ -84,6 +97,11 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval,
                       split_bytes or limits.PARTITION_SPLIT_BYTES_DEFAULT))
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> click.ClickException:
+    return click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}"
+                                f" (is another server using it? pick one with --port)")
 
 
 def _echo_credentials(credentials: Credentials) -> None:
@@ -111,8 +129,7 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
         try:
             await server.start(host, port)
         except OSError as exc:
-            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}"
-                                       f" (is another server using it? pick one with --port)") from None
+            raise _cannot_listen(host, port, exc) from None
         endpoint_host = f"[{host}]" if ":" in host else host
         click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
         click.echo(f"data directory: {data_dir}")

@@ -390,3 +390,21 @@ ROUTER_MAP_TTL_S = ELECTION_TIMEOUT_S
 # node builds the document in milliseconds, so a node silent this long is dead, cut off or
 # stalled, and an operator looking at an incident should not wait longer for the rest.
 STATUS_NODE_TIMEOUT_S = 3.0
+
+# --- a cluster node serving the DynamoDB API (dynstore/node/routing.py) -------------------------
+
+# Largest frame between nodes forwarding DynamoDB requests: a request of HTTP_BODY_BYTES_MAX
+# re-encoded, or an answer of BATCH_GET_RESPONSE_BYTES_MAX of items as JSON, where base64 makes
+# binary a third larger and escaping makes control characters six times larger.
+FORWARD_FRAME_BYTES_MAX = 6 * BATCH_GET_RESPONSE_BYTES_MAX + HTTP_BODY_BYTES_MAX
+# A node that got an answer from another node's leader serves its next local reads (eventually
+# consistent reads, DescribeTable) only once its own replica applied what that leader had, so a
+# client reads its writes through the node it wrote through. A follower learns each commit within
+# a heartbeat; five of them cover a busy loop, and a replica still behind after that is cut off
+# from its leader and answers from what it has, as an eventually consistent read may.
+CATCH_UP_WAIT_S = 5 * HEARTBEAT_INTERVAL_S
+# Between looks at the replica while it catches up: small against the heartbeat it waits for.
+CATCH_UP_POLL_S = HEARTBEAT_INTERVAL_S / 20
+
+assert FORWARD_FRAME_BYTES_MAX >= HTTP_BODY_BYTES_MAX + BATCH_GET_RESPONSE_BYTES_MAX
+assert CATCH_UP_POLL_S < CATCH_UP_WAIT_S < ELECTION_TIMEOUT_S

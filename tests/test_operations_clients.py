@@ -1,5 +1,10 @@
 """The operations behind a real `dynstore up` process, driven by boto3 (client and resource
-APIs, waiters) and by the AWS CLI, over sockets."""
+APIs, waiters) and by the AWS CLI, over sockets: once against `dynstore up --nodes 1`, once
+against the three node processes of `dynstore up --nodes 3`.
+
+``endpoint`` and ``client`` (the single process) serve other modules too: the canary and the
+metrics they check are the single process's.
+"""
 import json
 import os
 import re
@@ -24,9 +29,9 @@ def endpoint(tmp_path_factory):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("DYNSTORE_ACCESS_KEY_ID", None)
     env.pop("DYNSTORE_SECRET_ACCESS_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--port", "0",
-                             "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--nodes", "1",
+                             "--port", "0", "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
     url = None
     for line in proc.stdout:
         found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
@@ -50,12 +55,26 @@ def client(endpoint):
     return boto3.client("dynamodb", **_session_kwargs(endpoint))
 
 
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def served(request):
+    """The endpoint of `dynstore up --nodes 1`, or node 1's of the session's `dynstore up --nodes 3`."""
+    if request.param == "single":
+        return request.getfixturevalue("endpoint")
+    return request.getfixturevalue("api_cluster").endpoints[1]
+
+
 @pytest.fixture(scope="module")
-def resource(endpoint):
-    return boto3.resource("dynamodb", **_session_kwargs(endpoint))
+def served_client(served):
+    return boto3.client("dynamodb", **_session_kwargs(served))
 
 
-def test_client_lifecycle_items_and_errors(client):
+@pytest.fixture(scope="module")
+def resource(served):
+    return boto3.resource("dynamodb", **_session_kwargs(served))
+
+
+def test_client_lifecycle_items_and_errors(served_client):
+    client = served_client
     client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
                         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
                         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
@@ -129,7 +148,8 @@ def _aws(endpoint, *args):
     return json.loads(done.stdout) if done.stdout.strip() else {}
 
 
-def test_aws_cli_flow(endpoint):
+def test_aws_cli_flow(served):
+    endpoint = served
     created = _aws(endpoint, "create-table", "--table-name", "cli", "--billing-mode", "PAY_PER_REQUEST",
                    "--key-schema", "AttributeName=k,KeyType=HASH", "AttributeName=r,KeyType=RANGE",
                    "--attribute-definitions", "AttributeName=k,AttributeType=S", "AttributeName=r,AttributeType=N")

@@ -2,15 +2,14 @@
 import pytest
 
 from dynstore.api.errors import ValidationException
-from operations_harness import Node
 
 KB = 1024
 
 
 @pytest.fixture
-def node(tmp_path):
-    n = Node(str(tmp_path / "data"))
-    n.create("t", range_type="N", extra_attributes=[{"AttributeName": "g", "AttributeType": "S"}],
+def node(api):
+    n = api
+    n.create("tbl", range_type="N", extra_attributes=[{"AttributeName": "g", "AttributeType": "S"}],
              LocalSecondaryIndexes=[{"IndexName": "by_g", "Projection": {"ProjectionType": "INCLUDE",
                                                                           "NonKeyAttributes": ["v"]},
                                      "KeySchema": [{"AttributeName": "p", "KeyType": "HASH"},
@@ -20,9 +19,8 @@ def node(tmp_path):
             node_item = {"p": {"S": p}, "s": {"N": str(i)}, "v": {"N": str(i * i)}, "w": {"S": "w"}}
             if i % 2 == 0:
                 node_item["g"] = {"S": f"g{20 - i:03d}"}
-            n("PutItem", TableName="t", Item=node_item)
-    yield n
-    n.close()
+            n("PutItem", TableName="tbl", Item=node_item)
+    return n
 
 
 def sks(items):
@@ -32,7 +30,7 @@ def sks(items):
 def query(node, condition="p = :p", **extra):
     values = {":p": {"S": "a"}}
     values.update(extra.pop("values", {}))
-    return node("Query", TableName="t", KeyConditionExpression=condition, ExpressionAttributeValues=values, **extra)
+    return node("Query", TableName="tbl", KeyConditionExpression=condition, ExpressionAttributeValues=values, **extra)
 
 
 def test_query_ranges_in_numeric_order(node):
@@ -42,7 +40,7 @@ def test_query_ranges_in_numeric_order(node):
     assert sks(query(node, "p = :p AND s < :a", values={":a": {"N": "-3"}})["Items"]) == [-5, -4]
     assert sks(query(node, "p = :p AND s >= :a", values={":a": {"N": "13"}})["Items"]) == [13, 14]
     assert sks(query(node, ScanIndexForward=False)["Items"]) == list(range(14, -6, -1))
-    legacy = node("Query", TableName="t", KeyConditions={
+    legacy = node("Query", TableName="tbl", KeyConditions={
         "p": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "b"}]},
         "s": {"ComparisonOperator": "GT", "AttributeValueList": [{"N": "12"}]}})
     assert sks(legacy["Items"]) == [13, 14]
@@ -84,7 +82,7 @@ def test_select_and_projection_rules(node):
     with pytest.raises(ValidationException, match="Must specify the AttributesToGet or ProjectionExpression"):
         query(node, Select="SPECIFIC_ATTRIBUTES")
     with pytest.raises(ValidationException, match="Query condition missed key schema element"):
-        node("Query", TableName="t", KeyConditionExpression="s = :s", ExpressionAttributeValues={":s": {"N": "1"}})
+        node("Query", TableName="tbl", KeyConditionExpression="s = :s", ExpressionAttributeValues={":s": {"N": "1"}})
     with pytest.raises(ValidationException, match="The table does not have the specified index"):
         query(node, IndexName="nope")
 
@@ -130,42 +128,42 @@ def test_one_megabyte_pages(node):
 
 
 def test_parallel_scan_segments_partition_the_table(node):
-    all_keys = {(i["p"]["S"], i["s"]["N"]) for i in node("Scan", TableName="t")["Items"]}
+    all_keys = {(i["p"]["S"], i["s"]["N"]) for i in node("Scan", TableName="tbl")["Items"]}
     assert len(all_keys) == 40
     for total in (1, 2, 3, 7):
         seen = []
         for segment in range(total):
             seen += [(i["p"]["S"], i["s"]["N"])
-                     for i in node("Scan", TableName="t", Segment=segment, TotalSegments=total)["Items"]]
+                     for i in node("Scan", TableName="tbl", Segment=segment, TotalSegments=total)["Items"]]
         assert sorted(seen) == sorted(all_keys)
     with pytest.raises(ValidationException, match="Segment: 2 is not less than TotalSegments: 2"):
-        node("Scan", TableName="t", Segment=2, TotalSegments=2)
+        node("Scan", TableName="tbl", Segment=2, TotalSegments=2)
     with pytest.raises(ValidationException, match="The TotalSegments parameter is required"):
-        node("Scan", TableName="t", Segment=0)
+        node("Scan", TableName="tbl", Segment=0)
 
 
 def test_parallel_scan_start_key_must_lie_in_its_segment(node):
     # Only two partition keys exist, so some segment of 8 holds items and another holds none.
-    pages = [node("Scan", TableName="t", Segment=segment, TotalSegments=8, Limit=1) for segment in range(8)]
+    pages = [node("Scan", TableName="tbl", Segment=segment, TotalSegments=8, Limit=1) for segment in range(8)]
     own = next(segment for segment, page in enumerate(pages) if "LastEvaluatedKey" in page)
     other = next(segment for segment, page in enumerate(pages) if not page["Items"])
     start = pages[own]["LastEvaluatedKey"]
-    rest = node("Scan", TableName="t", Segment=own, TotalSegments=8, ExclusiveStartKey=start)["Items"]
+    rest = node("Scan", TableName="tbl", Segment=own, TotalSegments=8, ExclusiveStartKey=start)["Items"]
     assert rest and start not in rest
     with pytest.raises(ValidationException, match="Exclusive start key does not map to the provided Segment"):
-        node("Scan", TableName="t", Segment=other, TotalSegments=8, ExclusiveStartKey=start)
+        node("Scan", TableName="tbl", Segment=other, TotalSegments=8, ExclusiveStartKey=start)
 
 def test_scan_filter_paging_and_capacity(node):
-    page = node("Scan", TableName="t", Limit=10, ScanFilter={"v": {"ComparisonOperator": "GT",
+    page = node("Scan", TableName="tbl", Limit=10, ScanFilter={"v": {"ComparisonOperator": "GT",
                                                                   "AttributeValueList": [{"N": "100"}]}},
                 ReturnConsumedCapacity="TOTAL")
     assert page["ScannedCount"] == 10 and "LastEvaluatedKey" in page
-    assert page["ConsumedCapacity"] == {"TableName": "t", "CapacityUnits": 0.5}
+    assert page["ConsumedCapacity"] == {"TableName": "tbl", "CapacityUnits": 0.5}
     total = 0
     start = None
     while True:
         extra = {"ExclusiveStartKey": start} if start else {}
-        page = node("Scan", TableName="t", Limit=7, FilterExpression="w = :w",
+        page = node("Scan", TableName="tbl", Limit=7, FilterExpression="w = :w",
                     ExpressionAttributeValues={":w": {"S": "w"}}, **extra)
         total += page["Count"]
         start = page.get("LastEvaluatedKey")
@@ -179,11 +177,11 @@ def test_legacy_query_filter_may_not_name_a_key_attribute(node):
     for name in ("s", "p"):
         with pytest.raises(ValidationException, match="^QueryFilter can only contain non-primary key attributes: "
                                                       f"Primary key attribute: {name}$"):
-            node("Query", TableName="t", KeyConditions=keys, QueryFilter={
+            node("Query", TableName="tbl", KeyConditions=keys, QueryFilter={
                 "w": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "w"}]},
                 name: {"ComparisonOperator": "NOT_NULL"}})
     # A non-key attribute filters as usual.
-    out = node("Query", TableName="t", KeyConditions=keys,
+    out = node("Query", TableName="tbl", KeyConditions=keys,
                QueryFilter={"v": {"ComparisonOperator": "LT", "AttributeValueList": [{"N": "2"}]}})
     assert sks(out["Items"]) == [-1, 0, 1]
 
@@ -196,6 +194,6 @@ def test_filter_expression_may_not_read_a_key_attribute_of_a_query(node):
             query(node, FilterExpression=text, values={":n": {"N": "1"}} if ":n" in text else {}, **extra)
     assert sks(query(node, FilterExpression="v < :n", values={":n": {"N": "2"}})["Items"]) == [-1, 0, 1]
     # A Scan has no key condition, so its filter is the only way to select by key.
-    out = node("Scan", TableName="t", FilterExpression="p = :p AND s = :n",
+    out = node("Scan", TableName="tbl", FilterExpression="p = :p AND s = :n",
                ExpressionAttributeValues={":p": {"S": "b"}, ":n": {"N": "3"}})
     assert sks(out["Items"]) == [3]

@@ -1,4 +1,6 @@
-"""Table lifecycle, tags, TTL and service operations, in-process on real storage."""
+"""Table lifecycle, tags, TTL and service operations, in-process on real storage and through a cluster."""
+import time
+
 import pytest
 
 from dynstore import limits
@@ -9,20 +11,19 @@ from dynstore.api.errors import (
     ValidationException,
 )
 from dynstore.api.operations.ttl import expire_once
-from operations_harness import Node
+from operations_harness import ClusterNode
 
 
 @pytest.fixture
-def node(tmp_path):
-    n = Node(str(tmp_path / "data"))
-    yield n
-    n.close()
+def node(api):
+    return api
 
 
 KEYS = [{"AttributeName": "p", "KeyType": "HASH"}]
 ATTRS = [{"AttributeName": "p", "AttributeType": "S"}]
 
 
+@pytest.mark.single_node("compares dates with the injected clock (node.now)")
 def test_create_describe_is_active_and_shaped_like_dynamodb(node):
     created = node("CreateTable", TableName="tbl", KeySchema=KEYS, AttributeDefinitions=ATTRS,
                    ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 7})["TableDescription"]
@@ -36,8 +37,8 @@ def test_create_describe_is_active_and_shaped_like_dynamodb(node):
                                               "WriteCapacityUnits": 7}
     assert table["ItemCount"] == 0 and table["TableSizeBytes"] == 0
     assert "BillingModeSummary" not in table
-    node.create("od")
-    od = node("DescribeTable", TableName="od")["Table"]
+    node.create("on_demand")
+    od = node("DescribeTable", TableName="on_demand")["Table"]
     assert od["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert od["ProvisionedThroughput"]["ReadCapacityUnits"] == 0
 
@@ -124,6 +125,7 @@ def test_list_tables_pages(node):
     assert node("ListTables", Limit=3, ExclusiveStartTableName=names[5]) == {"TableNames": names[6:]}
 
 
+@pytest.mark.single_node("compares dates with the injected clock (node.now)")
 def test_update_table_throughput_and_billing(node):
     node("CreateTable", TableName="tbl", KeySchema=KEYS, AttributeDefinitions=ATTRS,
          ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 5})
@@ -160,6 +162,7 @@ def test_delete_table_and_deletion_protection(node):
     assert node("Scan", TableName="tbl")["Count"] == 0
 
 
+@pytest.mark.single_node("needs restart()")
 def test_catalog_and_counts_survive_restart(node):
     node.create("tbl", range_type="N")
     for i in range(10):
@@ -192,6 +195,7 @@ def test_tags(node):
     assert len(node("ListTagsOfResource", ResourceArn=arn)["Tags"]) == 50
 
 
+@pytest.mark.single_node("moves the injected clock and runs expiry on the State")
 def test_ttl_settings_and_expiry(node):
     node.create("tbl")
     assert node("DescribeTimeToLive", TableName="tbl") == {"TimeToLiveDescription": {"TimeToLiveStatus": "DISABLED"}}
@@ -220,11 +224,32 @@ def test_ttl_settings_and_expiry(node):
     assert node("DescribeTable", TableName="tbl")["Table"]["ItemCount"] == 3
 
 
+def test_a_cluster_deletes_expired_items(api_cluster):
+    """Each node expires what its replicas lead, on the real clock."""
+    node = ClusterNode(api_cluster.endpoints[2])
+    try:
+        node.create("expiring")
+        node("UpdateTimeToLive", TableName="expiring", TimeToLiveSpecification={"Enabled": True, "AttributeName": "e"})
+        now = int(time.time())
+        for name, when in (("past", now - 10), ("future", now + 3600)):
+            node("PutItem", TableName="expiring", Item={"p": {"S": name}, "e": {"N": str(when)}})
+        deadline = time.monotonic() + 10 * limits.TTL_SCAN_INTERVAL_S
+        while node("Scan", TableName="expiring", ConsistentRead=True)["Count"] > 1:
+            assert time.monotonic() < deadline, "the expired item is still there"
+            time.sleep(0.1)
+        left = node("Scan", TableName="expiring", ConsistentRead=True)["Items"]
+        assert [item["p"]["S"] for item in left] == ["future"]
+        assert node("DescribeTable", TableName="expiring")["Table"]["ItemCount"] == 1
+    finally:
+        node.drop_tables()
+        node.close()
+
+
 def test_describe_limits_and_endpoints(node):
     assert node("DescribeLimits") == {"AccountMaxReadCapacityUnits": 80000, "AccountMaxWriteCapacityUnits": 80000,
                                       "TableMaxReadCapacityUnits": 40000, "TableMaxWriteCapacityUnits": 40000}
     endpoints = node("DescribeEndpoints")["Endpoints"]
-    assert endpoints == [{"Address": "127.0.0.1:8000", "CachePeriodInMinutes": 1440}]
+    assert endpoints == [{"Address": node.address, "CachePeriodInMinutes": 1440}]
 
 
 def test_secondary_indexes_are_described(node):

@@ -558,37 +558,63 @@ def banner(proc) -> str:
     raise AssertionError(f"dynstore up exited early:\n{printed}")
 
 
-def test_up_prints_endpoint_and_credentials_and_stops_on_ctrl_c(tmp_path):
-    proc = dynstore_up("--port", "0", "--data-dir", str(tmp_path / "data"))
+UP_MODES = pytest.mark.parametrize("nodes", ["1", "3"], ids=["single", "cluster"])
+
+
+@UP_MODES
+def test_up_prints_endpoint_and_credentials_and_stops_on_ctrl_c_and_finds_its_data_again(tmp_path, nodes):
+    data = str(tmp_path / "data")
+    proc = dynstore_up("--nodes", nodes, "--port", "0", "--data-dir", data)
     try:
         printed = banner(proc)
         endpoint = re.search(r"http://127\.0\.0\.1:\d+", printed).group(0)
         key_id = re.search(r"aws_access_key_id\s*=\s*(\S+)", printed).group(1)
         secret = re.search(r"aws_secret_access_key\s*=\s*(\S+)", printed).group(1)
-        assert client(endpoint, key_id, secret).list_tables()["TableNames"] == []
+        dynamodb = client(endpoint, key_id, secret)
+        assert dynamodb.list_tables()["TableNames"] == []
+        dynamodb.create_table(TableName="kept", BillingMode="PAY_PER_REQUEST",
+                              KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                              AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}])
+        dynamodb.put_item(TableName="kept", Item={"k": {"S": "a"}, "v": {"N": "1"}})
     finally:
         proc.send_signal(signal.SIGINT)
+        stopping = time.monotonic()
         rest, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - stopping < 10
     assert proc.returncode == 0 and "stopped" in rest and "Traceback" not in rest
+    # A second `dynstore up` on the same data directory serves what the first one acknowledged.
+    proc = dynstore_up("--nodes", nodes, "--port", "0", "--data-dir", data)
+    try:
+        endpoint = re.search(r"http://127\.0\.0\.1:\d+", banner(proc)).group(0)
+        got = client(endpoint, key_id, secret).get_item(TableName="kept", Key={"k": {"S": "a"}}, ConsistentRead=True)
+        assert got["Item"] == {"k": {"S": "a"}, "v": {"N": "1"}}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
 
 
-def test_up_refuses_development_credentials_off_loopback(tmp_path):
-    proc = dynstore_up("--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path / "data"))
+@UP_MODES
+def test_up_refuses_development_credentials_off_loopback(tmp_path, nodes):
+    proc = dynstore_up("--nodes", nodes, "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path / "data"))
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "needs configured credentials" in output
 
 
-def test_up_says_when_its_port_is_taken(tmp_path):
+@UP_MODES
+def test_up_says_when_its_port_is_taken(tmp_path, nodes):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc = dynstore_up("--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path / "data"))
+        proc = dynstore_up("--nodes", nodes, "--port", str(taken.getsockname()[1]), "--data-dir",
+                           str(tmp_path / "data"))
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "cannot listen on 127.0.0.1" in output and "Traceback" not in output
 
 
-def test_up_with_configured_credentials(tmp_path):
-    proc = dynstore_up("--port", "0", "--data-dir", str(tmp_path / "data"),
+@UP_MODES
+def test_up_with_configured_credentials(tmp_path, nodes):
+    proc = dynstore_up("--nodes", nodes, "--port", "0", "--data-dir", str(tmp_path / "data"),
                        env={"DYNSTORE_ACCESS_KEY_ID": KEY_ID, "DYNSTORE_SECRET_ACCESS_KEY": SECRET})
     try:
         printed = banner(proc)

@@ -18,7 +18,7 @@ import logging
 import time
 
 from dynstore.api.errors import InternalServerError
-from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_POLL_S, FORWARD_TIMEOUT_S
+from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S
 from dynstore.replication import handshake
 from dynstore.replication.errors import FrameError
 from dynstore.replication.group_process import GroupClient
@@ -54,17 +54,17 @@ class NodeLinks:
             log.warning("could not open a forward connection to node %d: %s", node, exc)
             writer.close()
             return None
-        client = self._clients[node] = GroupClient(reader, writer)
+        client = self._clients[node] = GroupClient(reader, writer, FORWARD_FRAME_BYTES_MAX)
         return client
 
-    async def call(self, node: int, op: str, request: dict, hops: int, give_up=None) -> dict | None:
+    async def call(self, node: int, op: str, request: dict, hops: int, give_up=None, **fields) -> dict | None:
         """The frame ``node`` answers (``{"ok", "result" | "status", "body"}``); None when it
         cannot be reached. ``give_up()``, asked every FORWARD_POLL_S while waiting, returns a
-        reason to stop waiting (or None)."""
+        reason to stop waiting (or None); ``fields`` go along in the request frame."""
         client = await self.client(node)
         if client is None:
             return None
-        call = asyncio.ensure_future(client.call(op, request=request, hops=hops))
+        call = asyncio.ensure_future(client.call(op, request=request, hops=hops, **fields))
         deadline = time.monotonic() + FORWARD_TIMEOUT_S
         while not call.done():
             await asyncio.wait({call}, timeout=FORWARD_POLL_S)

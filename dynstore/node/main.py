@@ -9,6 +9,10 @@ cleanly on SIGTERM or SIGINT; after a kill -9 the replicas recover from their lo
 failing disk or a programmer error in a replica stops the node with exit code 70, so that
 its supervisor restarts it (recovery from the log) instead of it serving half broken.
 
+The node deletes expired items (TTL, dynstore/api/operations/ttl.py) of the partitions it
+leads, each round after its replica's read barrier; a round cut short by a change of leader
+is left to the new leader.
+
 The node's availability canary (dynstore/canary.py) probes the partitions whose groups it
 leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 (dynstore/status.py) with ``"groups": {"meta" | table name: replica status (replica.py)},
@@ -24,7 +28,9 @@ import click
 import uvloop
 
 from dynstore.api.credentials import Credentials
+from dynstore.limits import TTL_SCAN_INTERVAL_S
 from dynstore.node.config import NodeConfig
+from dynstore.replication.errors import NotLeader, ReplicationError
 
 EXIT_FATAL = 70
 
@@ -55,11 +61,12 @@ async def serve(config: NodeConfig) -> int:
     state = State(router, region=config.region, address=f"{host}:{port}")
     routing = Routing(state, me.id, {n.id: n.forward for n in config.nodes})
     router.control = lambda op, request: routing.route(op, request, 0)
-    control = Tasks(f"node {me.id} autoadmin", fatal)
+    control = Tasks(f"node {me.id} control loops", fatal)
     control.spawn(Autoadmin(state, routing.call_node, [n.id for n in config.nodes], split_bytes=config.split_bytes,
                             hot_rate_min=config.hot_rate_min, hot_sustain_s=config.hot_sustain_s).run())
     # Probes the partitions whose groups this node leads (dynstore/canary.py).
     canary = Canary(router, partitions=led_partitions, clock=state.clock, interval_s=config.canary_interval_s)
+    control.spawn(expire_led(state))
     try:
         await routing.start(*me.forward)
 
@@ -80,6 +87,28 @@ async def serve(config: NodeConfig) -> int:
         await routing.close()
         await state.close()
     return EXIT_FATAL if failures else 0
+
+
+async def _leads(partition) -> bool:
+    """Whether this node's replica leads the partition, with every committed write applied."""
+    group = partition.group
+    if not group.is_leader():
+        return False
+    try:
+        await group.read_barrier()
+    except NotLeader:
+        return False
+    return True
+
+
+async def expire_led(state) -> None:
+    from dynstore.api.operations.ttl import expire_once
+    while True:
+        await asyncio.sleep(TTL_SCAN_INTERVAL_S)
+        try:
+            await expire_once(state, _leads)
+        except ReplicationError:
+            pass  # the partition has another leader now (or split), which expires what is left
 
 
 def node_status(state, canary, routing, config: NodeConfig) -> dict:

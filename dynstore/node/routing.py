@@ -24,8 +24,19 @@ decides where the request runs and runs the operation there, unchanged:
 * A strongly consistent Scan reads this node's replicas after each partition's leader has
   vouched for a slot this replica then applied (a read index): the page sees every write
   acknowledged before the Scan began, whichever node leads each partition.
-* BatchGetItem and BatchWriteItem over several tables are split by table, each part
-  routed on its own, and the answers merged.
+* BatchGetItem and BatchWriteItem over several tables are validated whole (limits over the
+  request, every key and item), then split by table, each part routed on its own, and the
+  answers merged.
+
+Reading one's writes through one node: every forwarded request and every answer carries,
+for the metadata group and the groups of the tables it names, the slot the sending node had
+applied (or had heard of from another node). A node looks up its catalog only after its
+metadata replica applied what it heard of, and runs an operation only after the table's
+replicas did too, waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
+heartbeat; one cut off from its leader answers from what it has; a leader has applied all
+of it already). So a table created, updated or deleted through a node is seen so by it at
+once, an eventually consistent read reflects every write acknowledged through the same
+node, and so do the counts DescribeTable and DeleteTable report.
 
 A request for a group led elsewhere is forwarded to the leader's node over the forward
 port, following the replica's leader hint; with no leader known (an election) it waits
@@ -36,9 +47,12 @@ Forward protocol (node to node, on each node's forward port): after the opening 
 dynstore/replication/handshake.py (group FORWARD, the caller's node id, the cluster's
 secret), the frames of dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
 
-    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n}
-      -> {"id", "ok": true, "result": {...}}
-      |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...}}
+    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n, "applied": {"<group>": slot, ...}}
+      -> {"id", "ok": true, "result": {...}, "applied": {"<group>": slot, ...}}
+      |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...},
+          "applied": {...}}
+
+Frames are at most FORWARD_FRAME_BYTES_MAX: the largest request, or the largest answer.
 
 and the control calls between nodes, each run at the leader of the group it names::
 
@@ -65,11 +79,12 @@ import time
 from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
-from dynstore.limits import FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_WAIT_S
-from dynstore.api.operations.batch import plan_writes
+from dynstore.api.operations.batch import check_batch, plan_writes
+from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, FORWARD_FRAME_BYTES_MAX, FORWARD_HOPS_MAX,
+                             FORWARD_POLL_S, FORWARD_WAIT_S)
+from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
-from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication.group_process import serve_frames, write_frame
 from dynstore.router.cluster import STRONG, VOUCHED, Reroute
 
@@ -174,6 +189,12 @@ class Routing:
         self.links = NodeLinks(forward_addresses, self.router.secret, node_id)
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
+        # Group -> the highest slot another node reported to this one (in a forwarded request or
+        # an answer) that this node's replica had not applied yet when it last looked.
+        self._heard: dict[int, int] = {}
+        # Group -> the highest slot another node reported to this one (in a forwarded request or
+        # an answer) that this node's replica had not applied yet when it last looked.
+        self._heard: dict[int, int] = {}
         self.operations = {op: self._entry(op) for op in OPERATIONS}
         self._control = {"ReadIndex": self._read_index, "Split": self._split}
         self._node_control = {"Load": self._load, "Map": self._map}
@@ -193,13 +214,15 @@ class Routing:
             return await self._at_leader(self.router.groups[request["group"]], op, request, hops)
         if op in _ANYWHERE:
             return await self._run(op, request, False)
+        await self._catch_up([self.router.meta])
         names = _tables(op, request)
-        if op in _BATCHES and len(names) > 1:
-            parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
-            return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
         descs = [self.router.table(name) for name in names]
         if op in _CATALOG_CHANGES or op == "ListTables" or None in descs:
             return await self._at_leader(self.router.meta, op, request, hops)
+        if op in _BATCHES and len(names) > 1:
+            check_batch(self.state, op, request)
+            parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
+            return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
         if op in _CATALOG_READS:
             return await self._here(op, request, hops, strong=False)
         strong = op not in _READS or _consistent(op, request)
@@ -208,6 +231,37 @@ class Routing:
         if strong and op in ("Scan", "BatchGetItem"):
             return await self._vouched(op, request, descs[0], hops)
         return await self._here(op, request, hops, strong=strong)
+
+    def _groups(self, descs: list[dict]) -> list:
+        """This node's replicas of the metadata group and of the tables' partitions."""
+        return [self.router.meta] + [group for desc in descs for group in self.router.table_groups(desc)]
+
+    async def _catch_up(self, groups: list) -> None:
+        """Once this node's replicas of ``groups`` applied what other nodes reported to it, or
+        CATCH_UP_WAIT_S passed."""
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        for group in groups:
+            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(CATCH_UP_POLL_S)
+            if group.replica.applied >= self._heard.get(group.group, 0):
+                self._heard.pop(group.group, None)  # the replica's own figure says as much now
+
+    def _known_groups(self, op: str, request: dict) -> list:
+        """The groups of ``_groups`` for the tables of a request that this node's catalog holds."""
+        return self._groups([desc for desc in map(self.router.table, _tables(op, request)) if desc is not None])
+
+    def _applied(self, op: str, request: dict) -> dict[str, int]:
+        """What this node applied or heard of in the groups a request touches, sent along with a
+        forwarded request and with its answer."""
+        if op in self._control or op in self._node_control:
+            return {}
+        return {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
+                for g in self._known_groups(op, request)}
+
+    def _hear(self, applied: dict[str, int]) -> None:
+        for group, slot in applied.items():
+            if slot > self._heard.get(int(group), 0):
+                self._heard[int(group)] = slot
 
     async def _here(self, op: str, request: dict, hops: int, *, strong: bool, vouched=frozenset()) -> dict:
         """Run the request on this node's replicas; at a group's leader if they say so."""
@@ -222,6 +276,35 @@ class Routing:
         if hops >= FORWARD_HOPS_MAX:
             raise ServiceUnavailable(f"request routed {hops} times without reaching its partition")
         return await self.route(op, request, hops + 1)
+
+    def _groups(self, descs: list[dict]) -> list:
+        """This node's replicas of the metadata group and of the tables' partitions."""
+        return [self.router.meta] + [p.group for desc in descs for p in self.router.partitions(desc)]
+
+    async def _catch_up(self, groups: list) -> None:
+        """Once this node's replicas of ``groups`` applied what other nodes reported to it, or
+        CATCH_UP_WAIT_S passed."""
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        for group in groups:
+            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(CATCH_UP_POLL_S)
+            if group.replica.applied >= self._heard.get(group.group, 0):
+                self._heard.pop(group.group, None)  # the replica's own figure says as much now
+
+    def _known_groups(self, op: str, request: dict) -> list:
+        """The groups of ``_groups`` for the tables of a request that this node's catalog holds."""
+        return self._groups([desc for desc in map(self.router.table, _tables(op, request)) if desc is not None])
+
+    def _applied(self, op: str, request: dict) -> dict[str, int]:
+        """What this node applied or heard of in the groups a request touches, sent along with a
+        forwarded request and with its answer."""
+        return {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
+                for g in self._known_groups(op, request)}
+
+    def _hear(self, applied: dict[str, int]) -> None:
+        for group, slot in applied.items():
+            if slot > self._heard.get(int(group), 0):
+                self._heard[int(group)] = slot
 
     async def _at_leader(self, group, op: str, request: dict, hops: int) -> dict:
         deadline = time.monotonic() + FORWARD_WAIT_S
@@ -257,13 +340,14 @@ class Routing:
 
     async def _run(self, op: str, request: dict, strong: bool, vouched=frozenset()) -> dict:
         """Run the operation here; Reroute and StaleRange (nothing was done) to the caller."""
+        if op in self._control:
+            return await self._control[op](request)
+        await self._catch_up(self._known_groups(op, request))
         strong_token, vouched_token = STRONG.set(strong), VOUCHED.set(vouched)
         try:
-            if op in self._control:
-                return await self._control[op](request)
             return await OPERATIONS[op](self.state, request)
         except NotLeader as exc:
-            if not strong or op in self._control:
+            if not strong:
                 raise
             raise InternalServerError(f"the partition's leader changed while the request was applied; it may or "
                                       f"may not have taken effect ({exc})") from None
@@ -344,8 +428,12 @@ class Routing:
                 return f"node {node} stopped leading while it held the request"
             return None
         self.forwarded += 1
-        answer = await self.links.call(node, op, request, hops, give_up=moved)
-        return None if answer is None else answer_of(answer)
+        answer = await self.links.call(node, op, request, hops, give_up=moved,
+                                       applied=self._applied(op, request))
+        if answer is None:
+            return None
+        self._hear(answer.get("applied", {}))
+        return answer_of(answer)
 
     async def call_node(self, node: int, op: str, request: dict) -> dict:
         """A node-addressed control call (Load); ConnectionError when ``node`` does not answer."""
@@ -373,9 +461,10 @@ class Routing:
             return
         # Requests already taken run to the end when the forwarding node goes away: cancelling a
         # write between its proposal and its answer would gain nothing and hide its outcome.
-        await serve_frames(reader, writer, self._answer, cancel_on_close=False)
+        await serve_frames(reader, writer, self._answer, cancel_on_close=False, bytes_max=FORWARD_FRAME_BYTES_MAX)
 
     async def _answer(self, frame: dict, writer: asyncio.StreamWriter) -> None:
+        self._hear(frame.get("applied", {}))
         try:
             answer = {"ok": True, "result": await self.route(frame["op"], frame["request"], frame["hops"])}
         except DynamoDBError as error:
@@ -385,6 +474,7 @@ class Routing:
             error = InternalServerError()
             answer = {"ok": False, "status": error.status, "body": error.body()}
         answer["id"] = frame["id"]
+        answer["applied"] = self._applied(frame["op"], frame["request"])
         if not writer.is_closing():
             write_frame(writer, answer)
 

@@ -65,10 +65,10 @@ def parse_peers(text: str) -> dict[int, tuple[str, int]]:
     return peers
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict:
+async def read_frame(reader: asyncio.StreamReader, bytes_max: int = CLIENT_FRAME_BYTES_MAX) -> dict:
     (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
-    if n > CLIENT_FRAME_BYTES_MAX:
-        raise ValueError(f"client frame of {n} bytes exceeds CLIENT_FRAME_BYTES_MAX={CLIENT_FRAME_BYTES_MAX}")
+    if n > bytes_max:
+        raise ValueError(f"frame of {n} bytes exceeds the protocol's maximum of {bytes_max}")
     return orjson.loads(await reader.readexactly(n))
 
 
@@ -78,14 +78,14 @@ def write_frame(writer: asyncio.StreamWriter, obj: dict) -> None:
 
 
 async def serve_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer, *,
-                       cancel_on_close: bool) -> None:
+                       cancel_on_close: bool, bytes_max: int = CLIENT_FRAME_BYTES_MAX) -> None:
     """Serve one connection: each request frame runs ``answer(request, writer)`` as its own task,
     so many are in flight. When the connection ends, the tasks still running are cancelled, or
     with ``cancel_on_close`` False left to finish (their answers are dropped)."""
     tasks: set[asyncio.Task] = set()
     try:
         while True:
-            request = await read_frame(reader)
+            request = await read_frame(reader, bytes_max)
             task = asyncio.ensure_future(answer(request, writer))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -185,15 +185,17 @@ class GroupProcess:
 class GroupClient:
     """A pipelined client of one group process's client port."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 bytes_max: int = CLIENT_FRAME_BYTES_MAX):
         self._reader, self._writer = reader, writer
+        self._bytes_max = bytes_max
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._task = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> GroupClient:
-        return cls(*await asyncio.open_connection(host, port))
+    async def connect(cls, port: int, host: str = "127.0.0.1", bytes_max: int = CLIENT_FRAME_BYTES_MAX) -> GroupClient:
+        return cls(*await asyncio.open_connection(host, port), bytes_max)
 
     @property
     def closed(self) -> bool:
@@ -212,11 +214,11 @@ class GroupClient:
     async def _read(self) -> None:
         try:
             while True:
-                response = await read_frame(self._reader)
+                response = await read_frame(self._reader, self._bytes_max)
                 future = self._waiting.pop(response["id"], None)
                 if future is not None and not future.done():
                     future.set_result(response)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             # Lost or closed: no answer will come for what is in flight.

@@ -29,8 +29,8 @@ from dynstore.storage.errors import StorageError
 _DUPLICATES = "Provided list of item keys contains duplicates"
 
 
-async def batch_get_item(state, request: dict) -> dict:
-    request_items = request["RequestItems"]
+def _plan_gets(state, request_items: dict) -> list:
+    """Every table's part of a BatchGetItem, validated: (table name, entry, table, projection, keys)."""
     total = sum(len(entry["Keys"]) for entry in request_items.values())
     if total > limits.BATCH_GET_KEYS_MAX:
         raise ValidationException("Too many items requested for the BatchGetItem call")
@@ -45,6 +45,18 @@ async def batch_get_item(state, request: dict) -> dict:
         if len({table.storage_key(key) for key in keys}) != len(keys):
             raise ValidationException(_DUPLICATES)
         plans.append((name, entry, table, projection, keys))
+    return plans
+
+
+def check_batch(state, op: str, request: dict) -> None:
+    """Validate a whole BatchGetItem or BatchWriteItem without reading or writing: a cluster
+    node checks a batch over several tables once, before each table's part goes to its own
+    leader, so limits over the whole request hold and a bad part changes nothing."""
+    (_plan_gets if op == "BatchGetItem" else plan_writes)(state, request["RequestItems"])
+
+
+async def batch_get_item(state, request: dict) -> dict:
+    plans = _plan_gets(state, request["RequestItems"])
     responses: dict = {}
     unprocessed: dict = {}
     consumed_list = []

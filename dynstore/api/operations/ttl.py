@@ -71,8 +71,12 @@ def expired(item: dict | None, attribute: str, now: float) -> bool:
     return now - limits.TTL_PAST_MAX_S <= when <= Decimal(repr(now))
 
 
-async def expire_once(state) -> int:
-    """One round over every TTL-enabled table; returns how many items it deleted."""
+async def expire_once(state, leads=None) -> int:
+    """One round over every TTL-enabled table; returns how many items it deleted.
+
+    ``leads(partition)``, awaited, tells a cluster node whether it may write the partition
+    (its replica leads it): a node expires only the partitions it leads.
+    """
     deleted = 0
     for name in state.router.table_names():
         desc = state.router.table(name)
@@ -84,7 +88,12 @@ async def expire_once(state) -> int:
         start = state.ttl_cursors.get(table.table_id, ITEMS)
         doomed = []
         last = None
-        items = owned_items(state.router.partitions(desc), start, space_end(ITEMS))
+        partitions = state.router.partitions(desc)
+        if leads is not None:
+            partitions = [p for p in partitions if await leads(p)]
+            if state.router.table(name) is not desc:
+                continue  # the table changed while this node made sure it leads
+        items = owned_items(partitions, start, space_end(ITEMS))
         for stored_key, value, _ in itertools.islice(items, limits.TTL_DELETES_PER_ROUND_MAX):
             last = stored_key
             item = decode_item(value)
