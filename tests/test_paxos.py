@@ -79,6 +79,28 @@ def test_a_storage_replica_is_elected_and_commits():
         assert core.commit >= slot and core.store.entry(slot).data == b"x"
 
 
+def test_the_leader_sends_before_its_write_is_durable_and_counts_itself_only_after():
+    w = _elected()
+    leader = _leader(w)
+    peer = 1 - leader
+    core = w.cores[leader]
+    now = float(w.clock)
+    slot = core.propose(b"x", now)
+    rd = core.ready()
+    assert any(e.slot == slot for r in rd.persist if isinstance(r, Entries) for e in r.entries)
+    accept = next(m for m in rd.send_first if m.dst == peer)
+    assert not rd.messages and any(e.slot == slot for e in accept.entries)
+    # The storage peer takes it and answers once its own copy is durable; the log replica is slow.
+    w.cores[peer].step(accept, now)
+    peer_rd = w.cores[peer].ready()
+    assert peer_rd.persist and not peer_rd.send_first
+    (accepted,) = peer_rd.messages
+    core.step(accepted, now)
+    assert core.commit < slot  # one durable copy of three: the leader's own is not yet
+    core.persisted(rd.durable)
+    assert core.commit == slot
+
+
 def test_strong_reads_need_the_leader_and_its_lease():
     w = _elected()
     leader = _leader(w)
@@ -165,7 +187,7 @@ def test_a_lagging_replica_gets_a_snapshot_when_its_log_is_gone():
     now = float(w.clock)
     core.tick(now)
     # The heartbeat finds the gap; the answer shows the peer needs slots the log no longer has.
-    probe = next(m for m in core.ready().messages if m.dst == lagging)
+    probe = next(m for m in core.ready().send_first if m.dst == lagging)
     w.cores[lagging].step(probe, now)
     (refusal,) = w.cores[lagging].ready().messages
     assert not refusal.ok and refusal.slot < core.store.snap.index
@@ -176,7 +198,7 @@ def test_a_lagging_replica_gets_a_snapshot_when_its_log_is_gone():
     chunk = SnapshotChunk(0, leader, lagging, core.ballot, core.store.snap, 0, True, b"state")
     w.cores[lagging].install_snapshot(chunk, float(w.clock))
     assert w.cores[lagging].commit == core.store.snap.index
-    w.net = tuple(sorted(w.net + tuple(encode(m) for m in rd.messages)))
+    w.net = tuple(sorted(w.net + tuple(encode(m) for m in rd.send_first + rd.messages)))
     collect(w, lagging)
     settle(w, w.clock + 2)
     assert w.cores[lagging].commit == core.commit
@@ -186,23 +208,27 @@ def test_recovery_from_persisted_records_rebuilds_the_same_state():
     # Keep what each replica persisted from the start, in order, and replay it.
     w = initial()
     records = {r: [] for r in w.cores}
+
+    def persist(rid):
+        core = w.cores[rid]
+        rd = core.ready()
+        while rd:
+            records[rid] += rd.persist
+            w.net = tuple(sorted(w.net + tuple(encode(x) for x in rd.send_first + rd.messages)))
+            core.persisted(rd.durable)
+            rd = core.ready()
+
     for _ in range(30):
         if w.net:
             m = decode(w.net[0])
             w.net = w.net[1:]
             w.cores[m.dst].step(m, float(w.clock))
-            rid = m.dst
+            persist(m.dst)
         else:
             w.clock += 1
             for rid, core in w.cores.items():
                 core.tick(float(w.clock))
-                rd = core.ready()
-                records[rid] += rd.persist
-                w.net = tuple(sorted(w.net + tuple(encode(x) for x in rd.messages)))
-            continue
-        rd = w.cores[rid].ready()
-        records[rid] += rd.persist
-        w.net = tuple(sorted(w.net + tuple(encode(x) for x in rd.messages)))
+                persist(rid)
     leader = _leader(w)
     for rid, core in w.cores.items():
         bootstrap = [SnapshotMeta(0, ZERO_BALLOT, explore.MEMBERS)]

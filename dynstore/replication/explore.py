@@ -64,8 +64,14 @@ class World:
 
 def collect(w: World, rid: int) -> None:
     """Put what replica rid has to send on the network (its records are durable at once here)."""
-    rd = w.cores[rid].ready()
-    w.net = tuple(sorted(w.net + tuple(encode(m) for m in rd.messages)))
+    core = w.cores[rid]
+    rd = core.ready()
+    out = []
+    while rd:
+        out += rd.send_first + rd.messages
+        core.persisted(rd.durable)  # may commit more, for the next Ready
+        rd = core.ready()
+    w.net = tuple(sorted(w.net + tuple(encode(m) for m in out)))
 
 
 def _check(w: World) -> None:

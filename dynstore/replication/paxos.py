@@ -8,10 +8,31 @@ shell calls ``ready()``, which hands back a ``Ready``:
 
     persist     records to make durable, in order (messages.HardState / Entries /
                 SnapshotMeta); the core has already applied each to its own Store
+    send_first  to send at once, before persist is durable: the leader's Accepts (below)
     messages    to send, and only once every record of this and earlier Readys is durable
     committed   entries to apply to the state machine, in slot order, after persist (a log
-                replica's shell, which holds no state machine, only counts them)
+                replica's shell, which holds no state machine, only counts them); or at
+                once, if apply_first (after those of earlier Readys)
+    apply_first every committed entry is already durable in this replica's log (a leader's
+                own, counted only once durable): they need not wait for this Ready's
+                HardState, which only records how far the commit index got
     snapshots   (peer, meta): that peer needs our snapshot, the log it lacks is gone
+    durable     a token to hand back to ``persisted`` once this Ready's persist is durable
+
+The leader writes to its own disk in parallel with replicating (Raft thesis 10.2.1): an
+Accept states nothing about the leader's disk (its ballot was durable before its Prepares
+went out, and the commit index it carries already counts only durable acceptances), so
+it goes out before the entries it carries are durable here. The leader counts its own
+acceptance of a slot toward the quorum only once the shell reports, through
+``persisted(rd.durable)``, that the Ready appending it is durable. A leader that crashes
+before then has not counted itself: a slot it held only in memory commits only if a
+majority of others have it durable, and otherwise a later leader finds it on at most a
+minority and may fill the slot otherwise, as with any entry that never reached a quorum.
+For the same reason a leader's committed entries are durable here before they are handed
+out, so they are applied without waiting for the record of the commit index (a replica
+that crashes before that record is durable finds the entries in its log at recovery).
+Everything that speaks of the sender's own disk waits for persist as before: promises,
+pre-vote answers, Accepted replies, and every message of a replica that is not leading.
 
 Recovery replays the persisted records into ``Store.replay`` and builds a new core on
 it: memory and disk go through the same ``Store.apply``, so they cannot disagree.
@@ -61,7 +82,8 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   ``install_snapshot`` once the state is in place, which answers the leader.
 
 Faults tolerated: message loss, delay, duplication and reordering (every message is
-idempotent or judged by ballot), crashes (nothing is sent before it is durable), and
+idempotent or judged by ballot), crashes (nothing that claims durability is sent before it
+is durable; a leader's own unsynced entries are not counted toward a quorum), and
 clocks that run fast or slow within Timing.drift_max.
 """
 from __future__ import annotations
@@ -156,6 +178,13 @@ class Ready:
     messages: list = field(default_factory=list)
     committed: list = field(default_factory=list)
     snapshots: list = field(default_factory=list)
+    send_first: list = field(default_factory=list)
+    durable: tuple | None = None  # (leader's ballot, last slot) to pass to Paxos.persisted
+    apply_first: bool = False  # committed may be applied at once, before persist is durable
+
+    def __bool__(self) -> bool:
+        """Whether the shell has anything to do for it."""
+        return bool(self.persist or self.messages or self.committed or self.snapshots or self.send_first)
 
 
 class _Progress:
@@ -224,6 +253,7 @@ class Paxos:
         # Outputs gathered for the next Ready.
         self._persist: list = []
         self._messages: list = []
+        self._send_first: list = []
         self._snapshots: list = []
         self._commit_persisted = store.commit
         # Campaign state.
@@ -236,6 +266,7 @@ class Paxos:
         self._progress: dict[int, _Progress] = {}
         self._acked: dict[int, float] = {}  # peer -> newest Accept send time it acknowledged
         self._start_slot = 0  # the no-op that opened our ballot
+        self._durable = 0  # the last slot of our log known durable here, while leading
         self._change_slot = 0  # an uncommitted membership entry, or 0
         self._next_heartbeat = _NEVER
         self._unsent = False  # entries appended since the last broadcast
@@ -338,6 +369,16 @@ class Paxos:
         self._on_accept(Accept(self.group, m.src, self.id, m.ballot, m.meta.index, m.meta.ballot, m.meta.index,
                                _NEVER, ()), now)
 
+    def persisted(self, durable: tuple | None) -> None:
+        """The Ready whose ``durable`` this is, and every one before it, is durable: a leader
+        of that ballot now counts its own acceptance of the log through that slot."""
+        if durable is None or self.role != LEADER or durable[0] != self.ballot or durable[1] <= self._durable:
+            return
+        # Within one ballot the leader's log only grows, so the log through that slot is the one
+        # those records wrote.
+        self._durable = durable[1]
+        self._maybe_commit()
+
     def compact(self, index: int) -> None:
         """The state through index is in a durable snapshot: drop the log up to there."""
         assert index <= self.applied, (index, self.applied)
@@ -358,11 +399,15 @@ class Paxos:
             self._commit_persisted = store.commit
             self._persist.append(HardState(store.promised, store.commit))
         committed = []
+        # A leader's own entries that it counted itself for are durable here already.
+        apply_first = self.role == LEADER and self.applied + 1 >= self._from_slot and store.commit <= self._durable
         if store.commit > self.applied:
             committed = list(store.slice(self.applied + 1, store.commit))
             self.applied = store.commit
-        rd = Ready(self._persist, self._messages, committed, self._snapshots)
-        self._persist, self._messages, self._snapshots = [], [], []
+        durable = (self.ballot, store.last_slot) if self.role == LEADER else None
+        rd = Ready(self._persist, self._messages, committed, self._snapshots, self._send_first, durable,
+                   apply_first)
+        self._persist, self._messages, self._send_first, self._snapshots = [], [], [], []
         return rd
 
     # --- acceptor -------------------------------------------------------------------------
@@ -508,6 +553,8 @@ class Paxos:
         self._change_slot = self._configs[-1][0] if self._configs[-1][0] > self.store.commit else 0
         self._progress = {peer: _Progress(self._from_slot) for peer in self._peers()}
         self._acked = {}
+        # Our own ballot's entries start at _from_slot and none is durable yet.
+        self._durable = self._from_slot - 1
         self._leader_since = now
         self._heartbeat(now)
 
@@ -545,8 +592,8 @@ class Paxos:
             prev = pr.next - 1
             entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
         commit = min(store.commit, prev + len(entries))
-        self._send(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
-                          entries))
+        self._send_accept(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
+                                 entries))
         pr.next += len(entries)
 
     def _on_accepted(self, m: Accepted, now: float) -> None:
@@ -575,9 +622,8 @@ class Paxos:
 
     def _maybe_commit(self) -> None:
         store = self.store
-        last = store.last_slot
-        matches = sorted((last if r == self.id else self._progress_of(r).match for r in _ids(self.members)),
-                         reverse=True)
+        matches = sorted((self._durable if r == self.id else self._progress_of(r).match
+                          for r in _ids(self.members)), reverse=True)
         n = matches[len(matches) // 2]
         # Only an entry of our own ballot is known chosen by counting; earlier ones follow it.
         if n <= store.commit or store.ballot_at(n) != self.ballot:
@@ -630,6 +676,10 @@ class Paxos:
 
     def _send(self, m) -> None:
         self._messages.append(m)
+
+    def _send_accept(self, m: Accept) -> None:
+        # Only the leader sends Accepts; see the module docstring for why they need not wait.
+        self._send_first.append(m)
 
     def _record(self, record) -> None:
         self.store.apply(record)

@@ -4,9 +4,11 @@ network, a clock and a state machine.
 The loop, for every input (a message, a proposal, a read, a tick): hand it to the core
 with ``now`` from the monotonic clock, then take the core's ``Ready`` (once per turn of
 the event loop, so inputs that arrive together share one Ready and one group commit),
-append its persist records to the WAL, and only once they are durable send its
-messages, apply its committed entries and ship the snapshots it asks for. Readys are
-handled strictly in order.
+send the messages it may send at once (a leader's Accepts, paxos.py says why), append
+its persist records to the WAL, and only once they are durable send its other messages,
+apply its committed entries, ship the snapshots it asks for and tell the core
+(``persisted``), which then counts the leader's own entries toward the quorum. Readys
+are handled strictly in order.
 
 Files, under the replica's directory::
 
@@ -37,10 +39,14 @@ tree at its applied slot and streams that checkpoint in the engine's snapshot ch
 loading it into a fresh tree file, writes tree.meta, renames the tree into place and then
 tells the core, which persists the SnapshotMeta. A crash after the rename but before that
 record is durable leaves a tree ahead of the log's commit index; recovery sees it and writes
-the record from tree.meta.
+the record from tree.meta. A leader applies its committed entries without waiting for the
+record of the commit index (they are durable in its own log: Ready.apply_first in paxos.py),
+so a checkpoint may also be ahead of the recorded commit index with the log holding every
+entry up to it; recovery then writes a HardState committing through the checkpoint.
 
-Faults survived: a crash at any instant (nothing is sent or applied before it is durable,
-the tree only moves to a new checkpoint or a fully verified snapshot); torn WAL tails (the
+Faults survived: a crash at any instant (nothing is applied before it is durable on a quorum
+and in this log, nothing that claims durability is sent before it is durable, the tree only
+moves to a new checkpoint or a fully verified snapshot); torn WAL tails (the
 WAL drops them; they were never acknowledged); a corrupt snapshot chunk (the stream is
 dropped and the leader resends it); a failing disk stops the replica (``on_fatal``), which
 is then repaired by restart or replacement, never by guessing.
@@ -191,16 +197,11 @@ class Replica:
         self.tree = BTree(self._tree_path, backend=backend)
         self.applied = self.tree.checkpoint_lsn
         if self.applied > store.commit:
-            # A snapshot was installed but the crash came before its record was durable.
-            with open(self._meta_path, "rb") as f:
-                meta = decode(f.read())
-            if meta.index != self.applied:
-                raise CorruptionError(f"tree checkpointed at {self.applied}, but tree.meta says {meta.index}",
-                                      self._meta_path)
-            self._persist_now(store, meta)
+            self._persist_now(store, self._record_of_applied(store))
         self.core = Paxos(replica_id, store, now=clock(), rng=random.Random(seed), timing=timing, group=group,
                           applied=self.applied)
-        self._pending: deque = deque()  # (lsn, Ready) waiting for the WAL to make lsn durable
+        self._pending: deque = deque()  # (lsn, Ready, applied already) waiting for the WAL to make lsn durable
+        self._pending_applies = 0  # Readys in _pending whose committed entries wait to be applied
         self._target_lsn = 0  # the LSN the newest Ready depends on
         self._drainer: asyncio.Task | None = None
         self._flush_scheduled = False
@@ -210,6 +211,22 @@ class Replica:
         self._shipping: set[int] = set()  # peers a snapshot is being streamed to
         self._tasks = Tasks(f"replica {replica_id}", on_fatal)
         self._rewriting = False
+
+    def _record_of_applied(self, store: Store):
+        """The record that brings the log's commit index up to a tree checkpointed past it."""
+        meta = None
+        if os.path.exists(self._meta_path):
+            with open(self._meta_path, "rb") as f:
+                meta = decode(f.read())
+        if meta is not None and meta.index == self.applied:
+            # A snapshot was installed but the crash came before its record was durable.
+            return meta
+        if store.last_slot >= self.applied:
+            # As leader we applied entries of our durable log at once, once committed, and
+            # checkpointed them before the record of the commit index was durable.
+            return HardState(store.promised, self.applied)
+        raise CorruptionError(f"tree checkpointed at {self.applied}, past the log's last slot {store.last_slot}, "
+                              f"and tree.meta is not of that slot", self._meta_path)
 
     def _persist_now(self, store: Store, record) -> None:
         """Apply and durably persist one record before the core exists (recovery only)."""
@@ -277,44 +294,61 @@ class Replica:
         rd = self.core.ready()
         if self.core.role != LEADER and self._waiting:
             self._fail_waiters()
-        if not (rd.persist or rd.messages or rd.committed or rd.snapshots):
+        if not rd:
             return
+        for m in rd.send_first:
+            self.send(m)
+        # Entries durable here already are applied now, unless earlier ones still wait their turn.
+        applied = rd.apply_first and not self._pending_applies
+        if applied:
+            self._apply_all(rd.committed)
         if rd.persist:
             self._target_lsn = self.wal.append_many([(0, _WAL_TYPES[type(r)], encode(r)) for r in rd.persist])
         if not self._pending and self._target_lsn <= self.wal.durable_lsn:
-            self._handle(rd)
+            self._handle(rd, applied)
             return
-        self._pending.append((self._target_lsn, rd))
+        self._pending.append((self._target_lsn, rd, applied))
+        self._pending_applies += bool(rd.committed) and not applied
         if self._drainer is None:
             self._drainer = self._tasks.spawn(self._drain())
 
     async def _drain(self) -> None:
         try:
             while self._pending:
-                lsn, rd = self._pending[0]
+                lsn, rd, applied = self._pending[0]
                 await self.wal.durable(lsn)
                 self._pending.popleft()
-                self._handle(rd)
+                self._pending_applies -= bool(rd.committed) and not applied
+                self._handle(rd, applied)
         finally:
             self._drainer = None
 
-    def _handle(self, rd) -> None:
+    def _handle(self, rd, applied: bool) -> None:
+        commit = self.core.commit
+        self.core.persisted(rd.durable)
         for m in rd.messages:
             self.send(m)
-        for e in rd.committed:
-            self._apply(e)
+        if not applied:
+            self._apply_all(rd.committed)
         for peer, _meta in rd.snapshots:
             if peer not in self._shipping:
                 self._shipping.add(peer)
                 self._tasks.spawn(self._ship_snapshot(peer))
+        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
+            self._checkpoint()
+        if self.core.commit != commit:
+            # Our own entries being durable committed more: go on now rather than a loop turn later.
+            self._flush()
+
+    def _apply_all(self, entries: list) -> None:
+        for e in entries:
+            self._apply(e)
         if self._reads:
             ready = [f for index, f in self._reads if index <= self.applied]
             self._reads = [(index, f) for index, f in self._reads if index > self.applied]
             for future in ready:
                 if not future.done():
                     future.set_result(None)
-        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
-            self._checkpoint()
 
     def _apply(self, e) -> None:
         if e.slot <= self.applied:

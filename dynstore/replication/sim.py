@@ -14,11 +14,19 @@ What is simulated:
   the leader cut from some peers, in one direction or both (so a replica can lose the
   leader while a peer still hears it, the case pre-vote and the lease window are for).
 - Disks: a replica persists the records of a Ready as frames and sends that Ready's
-  messages only when the write is synced. A crash loses unsynced frames and may tear
-  the one being written (recovery drops a torn tail); a bit flip in a synced frame
-  followed by others is detected at recovery (CorruptionError) and the replica is
-  declared failed, to be replaced through a membership change. Snapshots are an
-  atomically replaced, checksummed file.
+  messages and applies its committed entries only when the write is synced, except the
+  leader's Accepts (Ready.send_first), which go out before the write starts, and a
+  leader's committed entries that are durable already (Ready.apply_first), applied and
+  answered before the record of the commit index is synced; the core hears of the sync
+  (Paxos.persisted) after the messages. A crash loses unsynced frames and may tear the
+  one being written (recovery drops a torn tail). So that a leader crashes in the window
+  between its Accepts and its own sync often enough to matter, a write of the leader
+  whose Accepts went out first may stall (Faults.leader_unsynced) with the leader
+  crashing during the stall, losing all it had not synced, while the peer holding the
+  most of the log is cut off. A bit flip in a synced frame followed by others is
+  detected at recovery (CorruptionError) and the replica is declared failed, to be
+  replaced through a membership change. Snapshots are an atomically replaced,
+  checksummed file.
 - Clocks: each replica's clock runs at a rate within the timing's drift bound
   (changed at every restart) from an arbitrary offset.
 - Clients: a register/append workload over a few keys, writes through the leader,
@@ -80,6 +88,10 @@ class Faults:
     partition: float = 0.002
     bitflip: float = 0.0003
     swap: float = 0.0005  # the operator starts replacing a storage replica by a log replica and back
+    # Per leader write whose Accepts went out first: the disk stalls on it, the leader crashes
+    # before it completes and loses it, and the peer holding most of the log is cut off for a
+    # while, so the next majority may be the restarted leader and a peer lacking those entries.
+    leader_unsynced: float = 0.01
 
 
 class Failure(AssertionError):
@@ -94,8 +106,8 @@ class SimDisk:
         self.synced = 0  # frames [0, synced) survive a crash
         self.snapshot: bytes | None = None
 
-    def crash(self, rng: random.Random) -> None:
-        keep = rng.randint(self.synced, len(self.frames))
+    def crash(self, rng: random.Random, *, lose_unsynced: bool = False) -> None:
+        keep = self.synced if lose_unsynced else rng.randint(self.synced, len(self.frames))
         torn = keep < len(self.frames) and rng.random() < 0.5
         tail = [self.frames[keep][:rng.randrange(len(self.frames[keep]))]] if torn else []
         self.frames = self.frames[:keep] + tail
@@ -200,9 +212,9 @@ class Node:
         sim.after(self.tick_delay(), ("tick", self.id, self.incarnation))
         self.flush()
 
-    def crash(self) -> None:
+    def crash(self, *, lose_unsynced: bool = False) -> None:
         self.alive = False
-        self.disk.crash(self.sim.rng)
+        self.disk.crash(self.sim.rng, lose_unsynced=lose_unsynced)
         for op in self.waiting.values():
             self.sim.give_up(op)
         for _, cid, op in self.reads:
@@ -215,32 +227,45 @@ class Node:
 
     def flush(self) -> None:
         rd = self.core.ready()
-        if not (rd.persist or rd.messages or rd.committed or rd.snapshots):
+        if not rd:
             return
         sim = self.sim
+        for m in rd.send_first:
+            sim.send(self.id, m.dst, encode(m))
+        applied = rd.apply_first and not any(p.committed and not done for p, _, done in self.pending)
+        if applied:
+            self.apply_all(rd.committed)
         if rd.persist:
             self.disk.frames.extend(encode(r) for r in rd.persist)
             latency = sim.rng.uniform(0.0002, 0.003) if sim.rng.random() > 0.02 else 0.05
+            if rd.send_first and sim.faulting and sim.rng.random() < sim.faults.leader_unsynced:
+                latency = sim.rng.uniform(0.01, 0.05)  # long enough for peers to answer meanwhile
+                sim.after(sim.rng.uniform(0, latency), ("crash_unsynced", self.id, self.incarnation))
             self.sync_done = max(self.sync_done, sim.now + latency)
         if self.sync_done <= sim.now and not self.pending:
-            self.synced(rd, len(self.disk.frames))
+            self.synced(rd, len(self.disk.frames), applied)
         else:
-            self.pending.append((rd, len(self.disk.frames)))
+            self.pending.append((rd, len(self.disk.frames), applied))
             sim.at(self.sync_done, ("synced", self.id, self.incarnation))
 
     def on_synced(self) -> None:
-        rd, frames = self.pending.popleft()
-        self.synced(rd, frames)
+        self.synced(*self.pending.popleft())
 
-    def synced(self, rd, frames: int) -> None:
+    def synced(self, rd, frames: int, applied: bool) -> None:
         sim = self.sim
         self.disk.synced = max(self.disk.synced, frames)
         for m in rd.messages:
             sim.send(self.id, m.dst, encode(m))
-        for e in rd.committed:
-            self.apply(e)
+        if not applied:
+            self.apply_all(rd.committed)
         for peer, meta in rd.snapshots:
             self.send_snapshot(peer, meta)
+        self.core.persisted(rd.durable)
+        self.flush()
+
+    def apply_all(self, entries: list) -> None:
+        for e in entries:
+            self.apply(e)
         if self.reads:
             self.serve_reads()
 
@@ -355,7 +380,7 @@ class Sim:
         self.seq = 0
         self.stats = {k: 0 for k in ("messages", "dropped", "duplicated", "corrupted_frames", "crashes",
                                      "disk_corruptions_detected", "partitions", "elections", "swaps",
-                                     "snapshots_installed")}
+                                     "snapshots_installed", "leader_unsynced_crashes")}
         self.chosen: dict[int, tuple] = {}  # slot -> (kind, data) of every slot seen committed
         self.history: list[Op] = []
         self.eventual: list[tuple[str, str | None]] = []
@@ -441,6 +466,8 @@ class Sim:
                 return
             if kind == "tick":
                 node.on_tick()
+            elif kind == "crash_unsynced":
+                self.crash_unsynced(node)
             else:
                 node.on_synced()
             self.check_committed(node)
@@ -597,6 +624,20 @@ class Sim:
                     self.after(rng.uniform(0.1, 3.0), ("restart", node.id))
         elif r < (f.crash + f.partition + f.bitflip + f.swap) and self.plan is None:
             self.start_swap()
+
+    def crash_unsynced(self, node: Node) -> None:
+        """Crash a node, losing every frame not yet synced, and cut off the peer holding the
+        most of the log until a new leader may have been elected without it."""
+        if not self.faulting:
+            return  # the stall began before the quiet period; it ends quietly
+        node.crash(lose_unsynced=True)
+        self.stats["leader_unsynced_crashes"] += 1
+        self.after(self.rng.uniform(0.05, 0.5), ("restart", node.id))
+        peers = [r for r, _ in node.core.members if r != node.id and self.nodes[r].alive]
+        if peers and not self.cut:
+            peer = max(peers, key=lambda r: self.nodes[r].core.store.last_slot)
+            self.cut = {(peer, r) for r in self.nodes if r != peer} | {(r, peer) for r in self.nodes if r != peer}
+            self.after(self.rng.uniform(2.0, 5.0), ("heal",))
 
     def start_swap(self) -> None:
         members = self.committed_members()
