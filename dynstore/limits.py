@@ -68,6 +68,12 @@ WAL_QUEUE_BYTES_MAX = 128 * 1024 * 1024
 # per-call cost vanishes, small enough that a reader holds little memory.
 WAL_READ_CHUNK_BYTES = 1024 * 1024
 
+# A replica of a cluster's partition group preallocates segments of this size: a node holds a
+# replica of every partition (32 MiB of items by default, REPLICATED_SPLIT_BYTES_DEFAULT), so a
+# 64 MiB segment each would take more disk than the data. 4 MiB still holds thousands of 1 KB
+# writes between segment switches, and a larger record gets a segment of its own size.
+REPLICA_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
+assert WAL_SEGMENT_BYTES_MIN <= REPLICA_WAL_SEGMENT_BYTES <= WAL_SEGMENT_BYTES_DEFAULT
 assert WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT
 assert WAL_RECORD_PAYLOAD_BYTES_MAX < WAL_QUEUE_BYTES_MAX  # one record always fits in an empty queue
 

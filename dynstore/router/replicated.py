@@ -55,7 +55,8 @@ import orjson
 
 from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import split_batches
-from dynstore.limits import CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES
+from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
+                             REPLICA_WAL_SEGMENT_BYTES)
 from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import STORAGE
 from dynstore.replication.paxos import LEADER, Timing
@@ -126,7 +127,7 @@ class ReplicaGroup:
                                              heartbeat_interval=election_timeout / 10),
                                seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal,
                                apply=self._apply, checkpoint_entries=checkpoint_entries,
-                               log_keep_entries=log_keep_entries)
+                               log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES)
         self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
         self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
         # Writes proposed here and not yet applied: key -> newest value, and how many writes of
