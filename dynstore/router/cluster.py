@@ -270,9 +270,14 @@ class ClusterRouter:
                                         orjson.dumps({"version": version, "partitions": partitions}))])
 
     async def _remove(self, table_id: str) -> None:
-        for group_id in [g for g, t in self._table_of.items() if t == table_id]:
+        # DeleteTable and the reconcile loop may both remove a table: each takes the groups it
+        # closes out of the maps before its first await, so neither closes one twice.
+        doomed = [g for g, t in self._table_of.items() if t == table_id]
+        closing = [self.groups.pop(g) for g in doomed]
+        for group_id in doomed:
             del self._table_of[group_id]
-            await self.groups.pop(group_id).close(remove=True)
+        for group in closing:
+            await group.close(remove=True)
         shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)
 
     async def reconcile(self) -> None:
