@@ -114,9 +114,8 @@ class Registers:
             start = ops[0].call
             lines = [f"{op.call - start:9.4f} {'?' if op.ret is None else f'{op.ret - start:9.4f}'} {op.kind:6} "
                      f"{op.value}" for op in ops]
-            with open(os.environ.get("DYNSTORE_HISTORY_OUT", os.devnull), "w") as f:
-                f.write("\n".join(lines))
-        assert result.ok, f"register {result.key} is not linearizable"
+            raise AssertionError(f"register {result.key} is not linearizable; its history (call, return, "
+                                 f"operation, value):\n" + "\n".join(lines))
         assert result.unknown == 0
 
 
