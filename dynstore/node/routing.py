@@ -277,35 +277,6 @@ class Routing:
             raise ServiceUnavailable(f"request routed {hops} times without reaching its partition")
         return await self.route(op, request, hops + 1)
 
-    def _groups(self, descs: list[dict]) -> list:
-        """This node's replicas of the metadata group and of the tables' partitions."""
-        return [self.router.meta] + [p.group for desc in descs for p in self.router.partitions(desc)]
-
-    async def _catch_up(self, groups: list) -> None:
-        """Once this node's replicas of ``groups`` applied what other nodes reported to it, or
-        CATCH_UP_WAIT_S passed."""
-        deadline = time.monotonic() + CATCH_UP_WAIT_S
-        for group in groups:
-            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
-                await asyncio.sleep(CATCH_UP_POLL_S)
-            if group.replica.applied >= self._heard.get(group.group, 0):
-                self._heard.pop(group.group, None)  # the replica's own figure says as much now
-
-    def _known_groups(self, op: str, request: dict) -> list:
-        """The groups of ``_groups`` for the tables of a request that this node's catalog holds."""
-        return self._groups([desc for desc in map(self.router.table, _tables(op, request)) if desc is not None])
-
-    def _applied(self, op: str, request: dict) -> dict[str, int]:
-        """What this node applied or heard of in the groups a request touches, sent along with a
-        forwarded request and with its answer."""
-        return {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
-                for g in self._known_groups(op, request)}
-
-    def _hear(self, applied: dict[str, int]) -> None:
-        for group, slot in applied.items():
-            if slot > self._heard.get(int(group), 0):
-                self._heard[int(group)] = slot
-
     async def _at_leader(self, group, op: str, request: dict, hops: int) -> dict:
         deadline = time.monotonic() + FORWARD_WAIT_S
         while True:

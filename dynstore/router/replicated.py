@@ -181,7 +181,7 @@ class ReplicaGroup:
     def _split(self, tree, slot: int, current: KeyRange, command: dict) -> None:
         key, child = bytes.fromhex(command["key"]), command["child"]
         assert current.holds(key) and key > current.start, (self.group, key, current)
-        items = [(k, v) for k, v in tree.scan() if k != RANGE_KEY]
+        items = ((k, v) for k, v in tree.scan() if k != RANGE_KEY)
         left_ops, right_items = split_batches(command["desc"], items, key)
         directory = self._directory_of(child)
         if not is_seeded(directory):
