@@ -188,9 +188,10 @@ def test_generator_overhead_against_an_instant_server():
           f"{result.cpu_us_per_request:.0f} us/request, latency {s}, send lag {lag}")
     assert result.completed == 9000 and not result.errors
     assert result.throughput >= 0.95 * 3000
-    # The generator's own CPU per request bounds what it can offer: 250 us is 4000 requests
-    # a second per core, so two processes on two cores are never the bottleneck below 8000.
-    assert result.cpu_us_per_request < 250
+    # The generator's own CPU per request bounds what it can offer. About a third of it is the
+    # kernel's loopback send, charged to the sender. 300 us is 3300 requests a second per
+    # process; the benches offer at most 3000 a second over two, under half a core each.
+    assert result.cpu_us_per_request < 300
 
 
 def test_items_have_the_requested_size():
