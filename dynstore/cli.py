@@ -1,7 +1,8 @@
 """The ``dynstore`` command.
 
 ``dynstore up`` runs a cluster of three node processes on this machine, one per zone, each
-holding a replica of every partition (dynstore/node/supervisor.py), with the storage under
+holding a replica of every partition (dynstore/node/supervisor.py; with ``--nodes`` above
+three, the zones take the nodes in turn and each table is placed on three of them), with the storage under
 ``--data-dir``; node 1 serves the DynamoDB API on ``--port`` and every node is an endpoint.
 It prints the endpoints and the credentials to use, and stops cleanly on Ctrl-C or SIGTERM.
 
@@ -55,8 +56,9 @@ def main():
               help="INI file of access keys, like ~/.aws/credentials (also: DYNSTORE_ACCESS_KEY_ID and "
                    "DYNSTORE_SECRET_ACCESS_KEY).")
 @click.option("--nodes", type=click.IntRange(1, 26), default=3, show_default=True,
-              help="Node processes, one per zone, each holding a replica of every partition (3 survives the "
-                   "loss of one); node 1 serves on --port. 1 runs a single process without replication.")
+              help="Node processes in three zones; each table is placed on three of them, one per zone (3 "
+                   "survives the loss of one); node 1 serves on --port. 1 runs a single process without "
+                   "replication.")
 @click.option("--node-id", default="node-1", show_default=True, help="This node's name in the status (--nodes 1).")
 @click.option("--zone", default="zone-a", show_default=True, help="This node's availability zone (--nodes 1).")
 @click.option("--canary-interval", default=limits.CANARY_INTERVAL_S, show_default=True,

@@ -344,6 +344,10 @@ PARTITION_SPLIT_BYTES_DEFAULT = 10 * 1024 ** 3
 # 0.5 s, inside the election timeout, where a 10 GiB one would stall its node for a minute or more.
 # Until splits copy in the background, partitions stay this small.
 REPLICATED_SPLIT_BYTES_DEFAULT = 32 * 1024 ** 2
+# Replicas of each table partition, one per zone: DynamoDB's three. Two survive the loss of any
+# one (a majority remains), and a fourth would add a copy of every write for no availability a
+# three-zone cluster lacks.
+REPLICAS = 3
 # How often the split loop reads each partition's size: the statistics are in memory, so a round
 # costs microseconds per partition, and a second is far shorter than a partition takes to grow
 # by a noticeable part of the split size.

@@ -34,18 +34,19 @@ _SERVES = re.compile(rb"node (\d+) \(zone-[a-z]\) serves DynamoDB at (http://\S+
 
 
 class Cluster:
-    """`dynstore up --nodes 3` on ``directory``, in a process group of its own."""
+    """`dynstore up --nodes N` (3 unless told) on ``directory``, in a process group of its own."""
 
-    def __init__(self, directory, *extra_args: str):
+    def __init__(self, directory, *extra_args: str, nodes: int = 3):
         self.directory = directory
         self.extra_args = extra_args
+        self.nodes = nodes
         self.port = free_ports(1)[0]
         self.proc: subprocess.Popen | None = None
         self.endpoints: dict[int, str] = {}
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--nodes", "3", "--port",
+            [sys.executable, "-c", "from dynstore.cli import main; main()", "up", "--nodes", str(self.nodes), "--port",
              str(self.port), "--data-dir", str(self.directory), *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         output = b""
@@ -55,7 +56,7 @@ class Cluster:
             assert line and time.monotonic() < deadline, output + line + self.logs().encode()
             output += line
         self.endpoints = {int(m.group(1)): m.group(2).decode() for m in _SERVES.finditer(output)}
-        assert sorted(self.endpoints) == [1, 2, 3], output
+        assert sorted(self.endpoints) == list(range(1, self.nodes + 1)), output
         assert self.endpoints[1].endswith(f":{self.port}")
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
 
@@ -100,7 +101,7 @@ class Cluster:
 
     def logs(self, tail_chars: int = 3000) -> str:
         out = []
-        for node in (1, 2, 3):
+        for node in range(1, self.nodes + 1):
             path = os.path.join(self.directory, f"node-{node}", "node.log")
             if os.path.exists(path):
                 with open(path) as f:
@@ -234,12 +235,13 @@ def _gone(client, table: str) -> bool:
 
 
 class Writers:
-    """Threads writing unique items through the nodes in turn until stopped; ``acked`` maps
+    """Threads writing unique items through ``nodes`` in turn until stopped; ``acked`` maps
     each acknowledged item's pk to (value, send time)."""
 
-    def __init__(self, cluster: Cluster, table: str, count: int = 3):
+    def __init__(self, cluster: Cluster, table: str, count: int = 3, nodes=(1, 2, 3)):
         self.cluster = cluster
         self.table = table
+        self.nodes = list(nodes)
         self.acked: dict[str, tuple[str, float]] = {}
         self.errors = 0
         self.last_error = None  # (node, seconds it took, exception) of the newest failed write
@@ -249,17 +251,18 @@ class Writers:
             t.start()
 
     def _write(self, w: int) -> None:
-        clients = {node: self.cluster.client(node) for node in (1, 2, 3)}
-        node, n = 1 + w % 3, 0
+        clients = {node: self.cluster.client(node) for node in self.nodes}
+        turn, n = w % len(self.nodes), 0
         while not self.stop.is_set():
             pk = f"w{w}-{n:06d}"
             started = time.monotonic()
+            node = self.nodes[turn]
             try:
                 clients[node].put_item(TableName=self.table, Item=item(pk, 0, v=f"value of {pk}"))
             except Exception as exc:
                 self.errors += 1
                 self.last_error = (node, time.monotonic() - started, exc)
-                node = node % 3 + 1  # that node is down or lost its leader: go through the next one
+                turn = (turn + 1) % len(self.nodes)  # that node is down or lost its leader: go through the next
                 time.sleep(0.02)
                 continue
             self.acked[pk] = (f"value of {pk}", started)
@@ -296,6 +299,26 @@ def assert_all_present(client, table: str, acked: dict, *, consistent: bool) -> 
         assert client.describe_table(TableName=table)["Table"]["ItemCount"] == len(found)
 
 
+def kill_leader(cluster: Cluster, writers: Writers, table: str) -> int:
+    """kill -9 the node leading ``table`` while ``writers`` write; returns its id once a write
+    begun after the kill was acknowledged (within WRITES_AGAIN_WITHIN_S), the supervisor has
+    started the node again, and 30 more writes were acknowledged while it rejoins."""
+    leader = cluster.leader_of(table)
+    pid = cluster.node_pids()[leader]
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while not any(started > killed_at for _, started in list(writers.acked.values())):
+        assert time.monotonic() - killed_at < WRITES_AGAIN_WITHIN_S, \
+            f"{writers.errors} errors, last: {writers.last_error!r}\n{cluster.describe()}"
+        time.sleep(0.02)
+    deadline = time.monotonic() + 30
+    while cluster.node_pids().get(leader) in (None, pid):
+        assert time.monotonic() < deadline, cluster.describe()
+        time.sleep(0.05)
+    writers.wait_acked(len(writers.acked) + 30, within=30)
+    return leader
+
+
 @pytest.mark.parametrize("rounds", [1, pytest.param(4, marks=pytest.mark.long)])
 def test_node_killed_while_clients_write(cluster, rounds):
     create_table(cluster.client(1), "events")
@@ -303,20 +326,7 @@ def test_node_killed_while_clients_write(cluster, rounds):
     try:
         for _ in range(rounds):
             writers.wait_acked(len(writers.acked) + 50)
-            leader = cluster.leader_of("events")
-            pid = cluster.node_pids()[leader]
-            killed_at = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            while not any(started > killed_at for _, started in list(writers.acked.values())):
-                assert time.monotonic() - killed_at < WRITES_AGAIN_WITHIN_S, \
-                    f"{writers.errors} errors, last: {writers.last_error!r}\n{cluster.describe()}"
-                time.sleep(0.02)
-            # The supervisor starts the killed node again; it rejoins and catches up while writes go on.
-            deadline = time.monotonic() + 20
-            while cluster.node_pids().get(leader) in (None, pid):
-                assert time.monotonic() < deadline, cluster.describe()
-                time.sleep(0.05)
-            writers.wait_acked(len(writers.acked) + 30, within=30)  # writes go on while it rejoins
+            kill_leader(cluster, writers, "events")
     finally:
         writers.join()
     cluster.wait_converged("events")

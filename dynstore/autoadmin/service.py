@@ -1,16 +1,20 @@
 """The control plane of a cluster: its loops run on one node at a time.
 
-Every node runs an ``Autoadmin``, but only the one whose replica of the metadata group
-leads under a valid lease acts (the lease is the metadata group's own, so two nodes never
-act at once for longer than a clock-drift bound, and a new metadata leader takes over
-within an election). Each round it:
+Every node runs an ``Autoadmin``. Each round every node splits the partitions it leads that
+are past the size (splits.py, through ``router.split``, which runs the split at the
+partition group's leader): the leader holds the partition's current figures, and a table
+placed on three nodes of many is split by those three. The rest only the node whose replica
+of the metadata group leads under a valid lease does (the lease is the metadata group's own,
+so two nodes never act at once for longer than a clock-drift bound, and a new metadata
+leader takes over within an election). Each round it:
 
-* splits the partitions past the size (splits.py, through ``router.split``, which runs
-  the split at the partition group's leader, wherever that is);
 * reads every node's request counters (the Load call) and splits the partitions that have
-  stayed hot on a node (heat.py), at the median of the keys that node saw them asked for;
-* publishes the partition map of every table to the metadata group
-  (router/cluster.py ``publish_map``).
+  stayed hot on a node (heat.py), at the median of the keys that node saw them asked for
+  (the partition's range from this node's replica, or from the published map when the
+  table is placed elsewhere);
+* publishes the partition map of every table to the metadata group (router/cluster.py
+  ``publish_map``), as this node's replicas know it or, for a table placed elsewhere, as one
+  of its nodes answers the Map call.
 
 It is never on the request path: a failed round changes nothing a client sees, is logged,
 and is tried again in the next one.
@@ -40,7 +44,7 @@ class Autoadmin:
                  hot_sustain_s: float = limits.HOT_SUSTAIN_S_DEFAULT,
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):
         self.router = state.router
-        self.splitter = Splitter(state, split_bytes, interval_s)
+        self.splitter = Splitter(state, split_bytes, interval_s, mine=lambda p: p.group.is_leader())
         self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s)
         self._call_node = call_node
         self._nodes = list(nodes)
@@ -55,15 +59,53 @@ class Autoadmin:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if not self.active():
-                continue
             try:
                 await self.splitter.round()
+                if not self.active():
+                    continue
                 await self._split_hot()
-                await self.router.publish_map()
+                await self._publish()
             except (DynamoDBError, ReplicationError, ConnectionError) as exc:
                 log.warning("autoadmin round failed, trying again next round: %s", exc)
             self.rounds += 1
+
+    async def _publish(self) -> None:
+        for name in self.router.table_names():
+            desc = self.router.table(name)
+            if desc is None:
+                continue
+            if self.router.holds(desc):
+                partitions = self.router.partition_map(desc)
+            else:
+                partitions = await self._remote_map(desc)
+                if partitions is None:
+                    continue  # none of its nodes answers: the map is published once one does
+            await self.router.publish_map(desc, partitions)
+
+    async def _remote_map(self, desc: dict) -> list[dict] | None:
+        for node in self.router.hosts(desc["TableId"]):
+            try:
+                answer = await self._call_node(node, "Map", {"table": desc["TableName"]})
+            except ConnectionError:
+                continue
+            if answer["desc"] is not None and answer["desc"]["TableId"] == desc["TableId"]:
+                return answer["partitions"]
+        return None
+
+    def _range_of(self, group_id: int) -> tuple[dict, bytes, bytes | None] | None:
+        """(table description, start, end) of a group: from this node's replica, or from the
+        published map of a table placed elsewhere."""
+        group = self.router.groups.get(group_id)
+        if group is not None:
+            desc = self.router.table_of_group(group_id)
+            return None if desc is None else (desc, group.range.start, group.range.end)
+        for name in self.router.table_names():
+            desc = self.router.table(name)
+            stored = None if desc is None else self.router.stored_map(desc["TableId"])
+            for p in stored["partitions"] if stored else ():
+                if p["group"] == group_id:
+                    return desc, bytes.fromhex(p["start"]), None if p["end"] is None else bytes.fromhex(p["end"])
+        return None
 
     async def _split_hot(self) -> None:
         for node in self._nodes:
@@ -73,16 +115,15 @@ class Autoadmin:
                 continue  # a node down takes no requests; its counters are read again when it is back
             self.heat.observe(self._clock(), node, {int(g): n for g, n in load["requests"].items()})
         for node, group_id in self.heat.hot(self._clock()):
-            group = self.router.groups.get(group_id)
-            desc = self.router.table_of_group(group_id)
-            if group is None or desc is None:
+            found = self._range_of(group_id)
+            if found is None:
                 continue
+            desc, start, end = found
             sample = await self._call_node(node, "Load", {"sample": group_id})
-            rng = group.range
-            key = hot_split_key(desc, [bytes.fromhex(k) for k in sample["keys"]], rng.start, rng.end)
+            key = hot_split_key(desc, [bytes.fromhex(k) for k in sample["keys"]], start, end)
             if key is None:
                 continue
             log.info("partition %d of %s is hot on node %d: splitting it", group_id, desc["TableName"], node)
-            if await self.router.split(desc, group.view(), key) is not None:
+            if await self.router.split_group(desc, group_id, key) is not None:
                 self.heat.forget(group_id)
                 self.heat_splits += 1

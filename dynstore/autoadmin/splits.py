@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 
 
 class Splitter:
+    """``mine(partition)`` says whether this process decides for a partition (default: all of
+    them; in a cluster, those whose group it leads)."""
+
     def __init__(self, state, split_bytes: int = limits.PARTITION_SPLIT_BYTES_DEFAULT,
-                 interval_s: float = limits.SPLIT_CHECK_INTERVAL_S):
+                 interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, mine=lambda partition: True):
         self.state = state
+        self._mine = mine
         self.split_bytes = split_bytes
         self.interval_s = interval_s
         # Partition -> its item bytes when it was last found to hold a single item collection.
@@ -41,6 +45,8 @@ class Splitter:
             if desc is None:
                 continue
             for partition in list(router.partitions(desc)):
+                if not self._mine(partition):
+                    continue
                 size = partition_stats(self.state, partition).bytes
                 retry = self._uncuttable.get(partition, 0) * (1 + limits.SPLIT_RETRY_GROWTH)
                 if size < self.split_bytes or size < retry:

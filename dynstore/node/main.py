@@ -1,7 +1,7 @@
 """``dynstore-node --config node.toml``: one node of a cluster.
 
-The node holds a replica of the metadata group and of every table's partition
-(dynstore/router/cluster.py), serves the DynamoDB API on its endpoint (any node is an
+The node holds a replica of the metadata group and of every partition of the tables placed
+on it (dynstore/router/cluster.py), serves the DynamoDB API on its endpoint (any node is an
 endpoint: requests run where their partition's leader is, dynstore/node/routing.py), takes
 forwarded requests on its forward port and replication links on its peer port. It prints
 one line ``node <id> (<zone>) serving DynamoDB at http://host:port`` once it serves, and stops
@@ -54,7 +54,7 @@ async def serve(config: NodeConfig) -> int:
         stopped.set()
 
     router = ClusterRouter(config.data_dir, me.id, {n.id: n.peer for n in config.nodes}, on_fatal=fatal,
-                           secret=config.cluster_secret(), checkpoint_entries=config.checkpoint_entries,
+                           zones={n.id: n.zone for n in config.nodes}, secret=config.cluster_secret(), checkpoint_entries=config.checkpoint_entries,
                            log_keep_entries=config.log_keep_entries)
     await router.start()
     host, port = me.endpoint
@@ -119,11 +119,11 @@ def node_status(state, canary, routing, config: NodeConfig) -> dict:
     router = state.router
     nodes = [{"id": f"node-{n.id}", "zone": n.zone, "address": f"{n.endpoint[0]}:{n.endpoint[1]}"}
              for n in config.nodes]
-    replicas = [n["id"] for n in nodes]
     partitions, pids = [], []
     leads = int(router.meta.is_leader())
     for name in router.table_names():
         desc = router.table(name)
+        replicas = [f"node-{n}" for n in router.hosts(desc["TableId"])]
         for number, group in enumerate(router.table_groups(desc)):
             pid = (desc["TableId"], group.group)
             pids.append(pid)

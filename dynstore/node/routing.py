@@ -9,6 +9,9 @@ decides where the request runs and runs the operation there, unchanged:
 * A request naming a table this node's catalog does not hold yet also goes to the
   metadata leader, which routes it again with its current catalog (a table created
   through another node a moment ago is found; a missing table is reported missing).
+* A request for a table placed on other nodes (router/cluster.py, a cluster of more nodes
+  than a partition has replicas) goes to one of them: the leader of the table's first
+  partition in the published map first, then the others, and is routed there again.
 * Everything else runs here first. Eventually consistent reads (GetItem, Query, Scan,
   BatchGetItem without ConsistentRead) and catalog reads of known tables read this node's
   replicas. Writes and strongly consistent reads run with cluster.STRONG set: when the
@@ -36,7 +39,9 @@ replicas did too, waiting at most CATCH_UP_WAIT_S (a follower learns commits wit
 heartbeat; one cut off from its leader answers from what it has; a leader has applied all
 of it already). So a table created, updated or deleted through a node is seen so by it at
 once, an eventually consistent read reflects every write acknowledged through the same
-node, and so do the counts DescribeTable and DeleteTable report.
+node, and so do the counts DescribeTable and DeleteTable report. For a table placed
+elsewhere this node keeps the slots the answers reported, and sends them along with the
+table's next requests.
 
 A request for a group led elsewhere is forwarded to the leader's node over the forward
 port, following the replica's leader hint; with no leader known (an election) it waits
@@ -63,7 +68,8 @@ and one answered by the node it is sent to (the control plane's readings of each
 
     {"id", "op": "Load", "request": {}, "hops": 0}   -> result {"requests": {"<group>": n, ...}}
     {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
-    {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map)
+    {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map;
+                                                             the published one for a table placed elsewhere)
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -86,7 +92,7 @@ from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
 from dynstore.replication.group_process import serve_frames, write_frame
-from dynstore.router.cluster import STRONG, VOUCHED, Reroute
+from dynstore.router.cluster import META_GROUP, STRONG, VOUCHED, Reroute
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +198,8 @@ class Routing:
         # Group -> the highest slot another node reported to this one (in a forwarded request or
         # an answer) that this node's replica had not applied yet when it last looked.
         self._heard: dict[int, int] = {}
-        # Group -> the highest slot another node reported to this one (in a forwarded request or
-        # an answer) that this node's replica had not applied yet when it last looked.
-        self._heard: dict[int, int] = {}
+        # TableId of a table placed elsewhere -> {group: the highest slot its nodes reported}.
+        self._heard_elsewhere: dict[str, dict[str, int]] = {}
         self.operations = {op: self._entry(op) for op in OPERATIONS}
         self._control = {"ReadIndex": self._read_index, "Split": self._split}
         self._node_control = {"Load": self._load, "Map": self._map}
@@ -211,7 +216,15 @@ class Routing:
         if op in self._node_control:
             return await self._node_control[op](request)
         if op in self._control:
-            return await self._at_leader(self.router.groups[request["group"]], op, request, hops)
+            group = self.router.groups.get(request["group"])
+            if group is None and op == "Split":  # a partition of a table placed elsewhere
+                desc = self.router.table(request["table"])
+                if desc is None or self.router.holds(desc):
+                    return {"split": False}  # deleted, or the group is gone (split again meanwhile)
+                return await self._to_hosts(desc, op, request, hops)
+            if group is None:
+                raise ServiceUnavailable(f"replication group {request['group']} is not held here")
+            return await self._at_leader(group, op, request, hops)
         if op in _ANYWHERE:
             return await self._run(op, request, False)
         await self._catch_up([self.router.meta])
@@ -223,6 +236,8 @@ class Routing:
             check_batch(self.state, op, request)
             parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
             return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
+        if descs and not self.router.holds(descs[0]):
+            return await self._to_hosts(descs[0], op, request, hops)
         if op in _CATALOG_READS:
             return await self._here(op, request, hops, strong=False)
         strong = op not in _READS or _consistent(op, request)
@@ -255,8 +270,13 @@ class Routing:
         forwarded request and with its answer."""
         if op in self._control or op in self._node_control:
             return {}
-        return {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
-                for g in self._known_groups(op, request)}
+        applied = {str(g.group): max(g.replica.applied, self._heard.get(g.group, 0))
+                   for g in self._known_groups(op, request)}
+        for name in _tables(op, request):
+            desc = self.router.table(name)
+            if desc is not None:
+                applied.update(self._heard_elsewhere.get(desc["TableId"], {}))
+        return applied
 
     def _hear(self, applied: dict[str, int]) -> None:
         for group, slot in applied.items():
@@ -271,6 +291,36 @@ class Routing:
             return await self._at_leader(self.router.groups[to.group], op, request, hops)
         except StaleRange:
             return await self._again(op, request, hops)
+
+    async def _to_hosts(self, desc: dict, op: str, request: dict, hops: int) -> dict:
+        """Run the request at a node the table is placed on: the leader of its first partition
+        in the published map first, then each of them in turn, until one answers or
+        FORWARD_WAIT_S passed."""
+        hosts = self.router.hosts(desc["TableId"])
+        stored = self.router.stored_map(desc["TableId"])
+        leader = stored["partitions"][0]["leader"] if stored and stored["partitions"] else None
+        order = sorted(hosts, key=lambda node: (node != leader, (node - self.node_id) % (max(hosts) + 1)))
+        if hops >= FORWARD_HOPS_MAX:
+            raise ServiceUnavailable(f"request forwarded {hops} times without reaching its table")
+        deadline = time.monotonic() + FORWARD_WAIT_S
+        while True:
+            for node in order:
+                if node == self.node_id or node not in self.addresses:
+                    continue
+                self.forwarded += 1
+                answer = await self.links.call(node, op, request, hops + 1, applied=self._applied(op, request))
+                if answer is None:
+                    continue  # not reachable: nothing was sent, try the next
+                applied = answer.get("applied", {})
+                self._hear({g: slot for g, slot in applied.items() if int(g) == META_GROUP})
+                heard = self._heard_elsewhere.setdefault(desc["TableId"], {})
+                for g, slot in applied.items():
+                    if int(g) != META_GROUP and slot > heard.get(g, 0):
+                        heard[g] = slot
+                return answer_of(answer)
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"no node of table {desc['TableName']} answered within {FORWARD_WAIT_S} s")
+            await asyncio.sleep(FORWARD_POLL_S)
 
     async def _again(self, op: str, request: dict, hops: int) -> dict:
         if hops >= FORWARD_HOPS_MAX:
@@ -377,7 +427,12 @@ class Routing:
     async def _map(self, request: dict) -> dict:
         """A table's description and partitions as this node knows them (router/front.py)."""
         desc = self.router.table(request["table"])
-        return {"desc": desc, "partitions": None if desc is None else self.router.partition_map(desc)}
+        if desc is None:
+            return {"desc": None, "partitions": None}
+        if self.router.holds(desc):
+            return {"desc": desc, "partitions": self.router.partition_map(desc)}
+        stored = self.router.stored_map(desc["TableId"])
+        return {"desc": desc, "partitions": [] if stored is None else stored["partitions"]}
 
     async def _split(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]

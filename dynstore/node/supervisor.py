@@ -1,7 +1,7 @@
 """``dynstore up --nodes N``: a cluster of N node processes on this machine, kept running.
 
 Each node is a child process (``python -m dynstore.node.main --config``) in zone
-zone-a, zone-b, zone-c, ... in turn, with its files under ``<data-dir>/node-<id>/``::
+zone-a, zone-b, zone-c in turn (so six nodes are two per zone), with its files under ``<data-dir>/node-<id>/``::
 
     node.toml     its configuration (node/config.py), written at every start
     data/         its replicas (router/cluster.py)
@@ -71,7 +71,7 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
         return port if i == 1 else _free_or_any(host, port + i - 1)
 
     addresses = tuple(
-        NodeAddress(i, f"zone-{chr(ord('a') + (i - 1) % 26)}", (host, endpoint_port(i)),
+        NodeAddress(i, f"zone-{'abc'[(i - 1) % 3]}", (host, endpoint_port(i)),
                     ("127.0.0.1", spare[2 * (i - 1)]), ("127.0.0.1", spare[2 * (i - 1) + 1]))
         for i in range(1, nodes + 1))
     secret_file = cluster_secret_file(data_dir)

@@ -13,11 +13,21 @@ Metadata group, applied tree (keys are bytes)::
     b"m" + TableId             ->  the partition map: JSON {"version": n, "partitions": [{"start",
                                    "end" (hex item storage keys, end null for the last), "group",
                                    "replicas": [node ids], "leader": node id | null}, ...]}
+    b"p" + TableId             ->  the table's placement: JSON [node ids], the nodes that hold a
+                                   replica of each of its partitions (absent: every node)
+
+Placement. CreateTable (at the metadata leader) places a table on REPLICAS nodes: one in each
+of the zones with the fewest tables, and in each such zone the node with the fewest (ties to
+the lowest id); a cluster of REPLICAS nodes or fewer places every table on all of them. Every
+partition split off the table keeps its placement (a split seeds the child on the parent's
+members). A node holds replicas only of the tables placed on it; for another table it holds the
+catalog entry alone, and the request router sends the table's requests to a node that holds it
+(``hosts``, node/routing.py).
 
 The partition map is published by the control plane (``publish_map``, at the metadata
 leader, after each change it sees in the range records); status and operators read it.
 
-A table starts as one partition, replication group ``table_group(TableId)`` (63 bits of the
+A table placed here starts as one partition, replication group ``table_group(TableId)`` (63 bits of the
 UUID, so every node names it the same without asking anyone), holding every key. A partition
 splits into two groups (replicated.py): the range record in each group's tree names the groups
 split off it, so this node finds a table's partitions, in key order, by walking from the first
@@ -31,7 +41,7 @@ Requests that must run at the leader (writes, strongly consistent reads) run wit
 ``STRONG`` set: ``partition_for`` then raises Reroute naming the group when this replica may
 not serve it now, and the request router (node/routing.py) takes the request to that group's
 leader. A replica opened empty (a node that missed the split and waits for a snapshot) raises
-Reroute for any read. Every node runs a replica of every group; replica ids are node ids.
+Reroute for any read. Replica ids are node ids.
 
 Catalog reads (``table``, ``table_names``) read this node's applied metadata tree: a
 follower may lag the leader by a heartbeat. The request router (dynstore/node/routing.py)
@@ -39,8 +49,8 @@ therefore sends catalog changes, and requests naming a table this node does not 
 to the metadata leader after its ``read_barrier``. Catalog changes are made only there,
 under ``catalog_lock``, and return once committed on a quorum and applied.
 
-Each node opens the replicas of the tables its catalog lists (``reconcile``, polled and
-also on first use) and removes those with a tombstone. A replica directory is removed only
+Each node opens the replicas of the tables its catalog places on it (``reconcile``, polled
+and also on first use) and removes those with a tombstone. A replica directory is removed only
 on a tombstone, never because the table is missing from the catalog: after a restart the
 catalog is replayed from the log a moment after the node opens, and a table created since
 the last checkpoint would look missing until then.
@@ -62,7 +72,8 @@ import uuid
 import orjson
 
 from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
-                             LOG_KEEP_ENTRIES)
+                             LOG_KEEP_ENTRIES, REPLICAS)
+from dynstore.replication.errors import StaleRange
 from dynstore.replication.tasks import Tasks
 from dynstore.replication.transport import Listener
 from dynstore.router.replicated import ReplicaGroup, ReplicatedPartition
@@ -71,6 +82,7 @@ META_GROUP = 0
 _TABLE = b"t"
 _DELETED = b"d"
 _MAP = b"m"
+_PLACEMENT = b"p"
 
 # Set while a request runs that must see the latest state (a write, a strongly consistent read);
 # the groups in VOUCHED are those a leader vouched for (a read index this replica has applied).
@@ -91,12 +103,29 @@ def table_group(table_id: str) -> int:
     return (uuid.UUID(table_id).int & ((1 << 63) - 1)) or 1
 
 
+def place(zones: dict[int, str], tables_on: dict[int, int]) -> list[int]:
+    """REPLICAS node ids from ``zones`` (node id -> zone), one per zone while zones last, the
+    least loaded first by ``tables_on`` (node id -> tables placed on it)."""
+    if len(zones) <= REPLICAS:
+        return sorted(zones)
+    chosen: list[int] = []
+    while len(chosen) < REPLICAS:
+        used = {zones[n] for n in chosen}
+        zone_load = {z: sum(tables_on.get(n, 0) for n in zones if zones[n] == z) for z in set(zones.values())}
+        free = [n for n in zones if n not in chosen and zones[n] not in used] or \
+            [n for n in zones if n not in chosen]
+        chosen.append(min(free, key=lambda n: (zone_load[zones[n]], tables_on.get(n, 0), n)))
+    return sorted(chosen)
+
+
 class ClusterRouter:
-    """``peers`` maps node id -> replication (host, port) of every node, this one included."""
+    """``peers`` maps node id -> replication (host, port) of every node, this one included;
+    ``zones`` maps node id -> zone (default: each node a zone of its own)."""
 
     def __init__(self, data_dir: str, node_id: int, peers: dict[int, tuple[str, int]], *, on_fatal,
-                 backend: str | None = None, sync: str = "auto", secret: bytes = b"",
-                 checkpoint_entries: int = CHECKPOINT_ENTRIES, log_keep_entries: int = LOG_KEEP_ENTRIES):
+                 zones: dict[int, str] | None = None, backend: str | None = None, sync: str = "auto",
+                 secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
+                 log_keep_entries: int = LOG_KEEP_ENTRIES):
         self.data_dir = data_dir
         self.secret = secret  # the cluster's: every replication link proves it (handshake.py)
         self._log_sizes = {"checkpoint_entries": checkpoint_entries, "log_keep_entries": log_keep_entries}
@@ -105,6 +134,7 @@ class ClusterRouter:
         self.control = None
         self.node_id = node_id
         self._peers = dict(peers)
+        self._zones = dict(zones) if zones is not None else {n: str(n) for n in peers}
         self._on_fatal = on_fatal
         self._backend = backend
         self._sync = sync
@@ -117,6 +147,7 @@ class ClusterRouter:
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
         self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
+        self._hosts: dict[str, tuple[bytes, list[int]]] = {}  # TableId -> (stored JSON, placement) last read
         self._reconciled_at = -1  # the metadata slot applied when reconcile last ran
         # A replica that cannot be opened (a corrupt log) stops the node, as a replica's own failures do.
         self._tasks = Tasks(f"node {node_id} catalog", on_fatal)
@@ -128,7 +159,8 @@ class ClusterRouter:
         def on_child(other: int) -> None:
             if table_id not in self._removed():
                 self._open(table_id, other, child=True)
-        return ReplicaGroup(group, directory, self.node_id, self._peers, self.listener, on_fatal=self._on_fatal,
+        peers = self._peers if table_id is None else {n: self._peers[n] for n in self.hosts(table_id)}
+        return ReplicaGroup(group, directory, self.node_id, peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
                             child=child, secret=self.secret, **self._log_sizes)
 
@@ -157,10 +189,36 @@ class ClusterRouter:
     def _removed(self) -> set[str]:
         return {key[1:].decode() for key, _ in self.meta.replica.tree.scan(_DELETED, b"e")}
 
+    def hosts(self, table_id: str) -> list[int]:
+        """The nodes the table is placed on."""
+        stored = self.meta.replica.tree.get(_PLACEMENT + table_id.encode())
+        if stored is None:
+            return sorted(self._peers)
+        cached = self._hosts.get(table_id)
+        if cached is None or cached[0] != stored:
+            cached = self._hosts[table_id] = (stored, orjson.loads(stored))
+        return cached[1]
+
+    def holds(self, desc: dict) -> bool:
+        """Whether this node holds replicas of the table's partitions."""
+        return self.node_id in self.hosts(desc["TableId"])
+
+    def _placement(self) -> list[int]:
+        tables_on: dict[int, int] = {}
+        for _, stored in self.meta.replica.tree.scan(_PLACEMENT, b"q"):
+            for node in orjson.loads(stored):
+                tables_on[node] = tables_on.get(node, 0) + 1
+        return place(self._zones, tables_on)
+
     async def create_table(self, desc: dict) -> None:
-        """Durable in the catalog, and (within FORWARD_WAIT_S) the table's group has elected a
-        leader, so the table CreateTable reports ACTIVE takes writes at once."""
-        await self.meta.write([(_TABLE + desc["TableName"].encode(), orjson.dumps(desc))])
+        """Durable in the catalog, placed, and (within FORWARD_WAIT_S, when placed here) the
+        table's group has elected a leader, so the table CreateTable reports ACTIVE takes
+        writes at once (elsewhere the first request waits for that election)."""
+        hosts = self._placement()
+        await self.meta.write([(_TABLE + desc["TableName"].encode(), orjson.dumps(desc)),
+                               (_PLACEMENT + desc["TableId"].encode(), orjson.dumps(hosts))])
+        if self.node_id not in hosts:
+            return
         group = self._open(desc["TableId"], table_group(desc["TableId"]))
         deadline = time.monotonic() + FORWARD_WAIT_S
         while group.leader_hint() is None and time.monotonic() < deadline:
@@ -172,7 +230,7 @@ class ClusterRouter:
     async def delete_table(self, name: str) -> None:
         table_id = self.table(name)["TableId"]
         await self.meta.write([(_TABLE + name.encode(), None), (_MAP + table_id.encode(), None),
-                               (_DELETED + table_id.encode(), b"")])
+                               (_PLACEMENT + table_id.encode(), None), (_DELETED + table_id.encode(), b"")])
         await self._remove(table_id)
 
     # -- partitions -------------------------------------------------------------------------------
@@ -190,8 +248,11 @@ class ClusterRouter:
         return group
 
     def _walk(self, desc: dict) -> list[ReplicaGroup]:
-        """This node's replicas of the table's partitions, in key order."""
+        """This node's replicas of the table's partitions, in key order (none: the table is
+        placed elsewhere)."""
         table_id = desc["TableId"]
+        if not self.holds(desc):
+            return []
         found, todo = [], [(b"", table_group(table_id), False)]
         while todo:
             start, group_id, child = todo.pop()
@@ -211,7 +272,10 @@ class ClusterRouter:
 
     def group_for(self, desc: dict, key: bytes) -> ReplicaGroup:
         """This node's replica of the group that holds item storage key ``key``, as far as this
-        node's replicas know."""
+        node's replicas know. StaleRange when the table is not placed here (it was placed
+        elsewhere after the request was routed): the request is routed again."""
+        if not self.holds(desc):
+            raise StaleRange(table_group(desc["TableId"]))
         group = self.groups.get(table_group(desc["TableId"])) or self._open(desc["TableId"],
                                                                              table_group(desc["TableId"]))
         while True:
@@ -243,31 +307,33 @@ class ClusterRouter:
         """Split ``partition`` at item storage key ``key`` (at its group's leader, wherever that
         is); returns the new group's id once the split is applied at the leader, None when the
         leader's range no longer holds ``key``."""
+        return await self.split_group(desc, partition.group.group, key)
+
+    async def split_group(self, desc: dict, group: int, key: bytes) -> int | None:
+        """``split`` of the partition of replication group ``group``, placed here or not."""
         child = (uuid.uuid4().int & ((1 << 63) - 1)) or 1
-        answer = await self.control("Split", {"table": desc["TableName"], "group": partition.group.group,
-                                              "key": key.hex(), "child": child})
+        answer = await self.control("Split", {"table": desc["TableName"], "group": group, "key": key.hex(),
+                                              "child": child})
         return child if answer["split"] else None
 
     def partition_map(self, desc: dict) -> list[dict]:
         """The table's partitions as this node's replicas know them (the map's "partitions")."""
         return [{"start": group.range.start.hex(), "end": None if group.range.end is None else group.range.end.hex(),
-                 "group": group.group, "replicas": sorted(self._peers), "leader": group.leader_hint()}
+                 "group": group.group, "replicas": self.hosts(desc["TableId"]), "leader": group.leader_hint()}
                 for group in self._walk(desc)]
 
     def stored_map(self, table_id: str) -> dict | None:
         stored = self.meta.replica.tree.get(_MAP + table_id.encode())
         return None if stored is None else orjson.loads(stored)
 
-    async def publish_map(self) -> None:
-        """Write the partition map of every table whose partitions or leaders changed."""
-        for name in self.table_names():
-            desc = self.table(name)
-            partitions = self.partition_map(desc)
-            stored = self.stored_map(desc["TableId"])
-            if stored is None or stored["partitions"] != partitions:
-                version = 1 if stored is None else stored["version"] + 1
-                await self.meta.write([(_MAP + desc["TableId"].encode(),
-                                        orjson.dumps({"version": version, "partitions": partitions}))])
+    async def publish_map(self, desc: dict, partitions: list[dict]) -> None:
+        """Write the table's partition map (``partition_map`` of a node that holds it) when its
+        partitions or leaders changed."""
+        stored = self.stored_map(desc["TableId"])
+        if stored is None or stored["partitions"] != partitions:
+            version = 1 if stored is None else stored["version"] + 1
+            await self.meta.write([(_MAP + desc["TableId"].encode(),
+                                    orjson.dumps({"version": version, "partitions": partitions}))])
 
     async def _remove(self, table_id: str) -> None:
         # DeleteTable and the reconcile loop may both remove a table: each takes the groups it
@@ -276,6 +342,7 @@ class ClusterRouter:
         closing = [self.groups.pop(g) for g in doomed]
         for group_id in doomed:
             del self._table_of[group_id]
+        self._hosts.pop(table_id, None)
         for group in closing:
             await group.close(remove=True)
         shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)

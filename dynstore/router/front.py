@@ -41,6 +41,8 @@ class _TableMap:
         self.leaders = [p["leader"] for p in partitions]
 
     def leader_of(self, item_or_key: dict) -> int | None:
+        if not self.starts:
+            return None  # placed on nodes that have not published its map yet
         key = self.table.storage_key(self.table.schema.key_of(item_or_key))
         return self.leaders[bisect.bisect_right(self.starts, key) - 1]
 
