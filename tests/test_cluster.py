@@ -33,6 +33,24 @@ WRITES_AGAIN_WITHIN_S = 10.0
 _SERVES = re.compile(rb"node (\d+) \(zone-[a-z]\) serves DynamoDB at (http://\S+)")
 
 
+def node_children(parent: int) -> dict[int, int]:
+    """node (or member) id -> pid of each node process ``parent`` supervises now, found by the
+    ``<dir>/node-<id>/node.toml`` it was started with."""
+    pids = {}
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"--config" not in args:
+            continue  # forked a moment ago: not yet the node program
+        pids[int(re.search(rb"node-(\d+)/node\.toml", args[args.index(b"--config") + 1]).group(1))] = pid
+    return pids
+
+
 class Cluster:
     """`dynstore up --nodes N` (3 unless told) on ``directory``, in a process group of its own."""
 
@@ -72,20 +90,7 @@ class Cluster:
 
     def node_pids(self) -> dict[int, int]:
         """node id -> pid of the node processes the supervisor runs now."""
-        pids = {}
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except FileNotFoundError:
-                continue
-            if b"--config" not in args:
-                continue  # forked a moment ago: not yet the node program
-            config = args[args.index(b"--config") + 1].decode()
-            pids[int(re.search(r"node-(\d+)", config).group(1))] = pid
-        return pids
+        return node_children(self.proc.pid)
 
     def kill_tree(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)

@@ -1,4 +1,6 @@
 """node.toml: what NodeConfig.dump writes, NodeConfig.load reads back; bad node lists are refused."""
+import os
+
 import pytest
 
 from dynstore.node.config import NodeAddress, NodeConfig
@@ -23,3 +25,29 @@ def test_node_id_must_be_one_of_the_nodes():
         NodeConfig(4, "/x", _nodes())
     with pytest.raises(ValueError, match="distinct"):
         NodeConfig(1, "/x", _nodes() + _nodes()[:1])
+
+
+def test_a_node_of_several_processes_lists_each_as_a_member(tmp_path):
+    nodes = tuple(NodeAddress(n.id, n.zone, n.endpoint, n.peer, n.forward, processes=2) for n in _nodes())
+    config = NodeConfig(2, str(tmp_path / "node-2"), nodes)
+    processes = config.expanded()
+    assert [p.node_id for p in processes] == [2, 1002]
+    assert [p.data_dir for p in processes] == [str(tmp_path / "node-2" / f"node-{m}" / "data") for m in (2, 1002)]
+    second = processes[1].me
+    assert (second.zone, second.endpoint, second.peer, second.forward) == \
+        ("zone-b", ("127.0.0.1", 8003), ("::1", 7003), ("127.0.0.1", 7103))
+    assert sorted(m.id for m in processes[0].nodes) == [1, 2, 3, 1001, 1002, 1003]
+    assert all(m.processes == 1 for m in processes[0].nodes)
+    # Run as written: a process's own file lists single-process members, so it runs alone.
+    path = tmp_path / "member.toml"
+    path.write_text(processes[1].dump())
+    assert NodeConfig.load(str(path)).expanded() == [processes[1]]
+
+
+def test_processes_default_to_one_per_core(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('node_id = 1\ndata_dir = "/d"\n\n[[nodes]]\nid = 1\nzone = "z"\nendpoint = "127.0.0.1:8000"\n'
+                    'peer = "127.0.0.1:7000"\nforward = "127.0.0.1:7100"\n')
+    assert NodeConfig.load(str(path)).me.processes == (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="below|from 1 to"):
+        NodeConfig(1000, "/d", (NodeAddress(1000, "z", ("h", 1), ("h", 2), ("h", 3), processes=2),))

@@ -16,23 +16,41 @@
     canary_interval_s = 1.0               # seconds between availability probes of each led partition
 
     [[nodes]]                             # one table per node, the same list on every node
-    id = 1
+    id = 1                                # below PROCESS_ID_STRIDE
     zone = "zone-a"
+    processes = 2                         # absent: one per core of the machine reading the file
     endpoint = "127.0.0.1:8000"           # the DynamoDB endpoint (HTTP)
     peer = "127.0.0.1:7001"               # replication links of every group (one port, transport.Listener)
     forward = "127.0.0.1:7101"            # requests forwarded to this node's leaders (node/routing.py)
 
-Node ids are the replica ids of every replication group, so they must never be reused for a
-different node's data. Addresses may change between runs: groups know their members by id.
+A node runs ``processes`` processes (shard-per-core): process k serves on the endpoint,
+peer and forward ports plus k, and is a member of the cluster of its own, with id
+``member_id(node, k)`` (process 0 keeps the node's id) in the node's zone. Tables are placed
+on members (router/cluster.py), so the processes of a node share its tables between them,
+and two processes of one node never hold replicas of the same partition (one zone).
+``expanded`` is the configuration with every node's processes listed as members, which is
+what a process runs with. Member ids are the replica ids of every replication group, so node
+ids must never be reused for a different node's data. Addresses may change between runs:
+groups know their members by id.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass
 
 from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT,
                              LOG_KEEP_ENTRIES, REPLICATED_SPLIT_BYTES_DEFAULT)
+
+
+# Process k of node n is member n + k * PROCESS_ID_STRIDE, so node ids stay below it.
+PROCESS_ID_STRIDE = 1000
+
+
+def member_id(node: int, process: int) -> int:
+    return node + process * PROCESS_ID_STRIDE
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -52,6 +70,14 @@ class NodeAddress:
     endpoint: tuple[str, int]
     peer: tuple[str, int]
     forward: tuple[str, int]
+    processes: int = 1
+
+    def members(self) -> list["NodeAddress"]:
+        """The node's processes, each a member of its own (ports plus k)."""
+        def plus(address: tuple[str, int], k: int) -> tuple[str, int]:
+            return address[0], address[1] + k
+        return [NodeAddress(member_id(self.id, k), self.zone, plus(self.endpoint, k), plus(self.peer, k),
+                            plus(self.forward, k)) for k in range(self.processes)]
 
 
 @dataclass(frozen=True)
@@ -73,10 +99,26 @@ class NodeConfig:
         ids = [n.id for n in self.nodes]
         if len(set(ids)) != len(ids) or self.node_id not in ids:
             raise ValueError(f"node ids {ids} must be distinct and include node_id {self.node_id}")
+        if any(n.processes > 1 for n in self.nodes) and not all(0 < i < PROCESS_ID_STRIDE for i in ids):
+            raise ValueError(f"node ids {ids} must be from 1 to {PROCESS_ID_STRIDE - 1} for nodes of several "
+                             f"processes")
+        if any(n.processes < 1 for n in self.nodes):
+            raise ValueError("a node runs at least one process")
 
     @property
     def me(self) -> NodeAddress:
         return next(n for n in self.nodes if n.id == self.node_id)
+
+    def expanded(self) -> list["NodeConfig"]:
+        """One configuration per process of this node, listing every node's processes as
+        members (each with one process); a node of several processes keeps each one's files
+        under ``<data_dir>/node-<member id>/`` (dynstore/node/supervisor.py's layout)."""
+        members = tuple(m for n in self.nodes for m in n.members())
+        if self.me.processes == 1:
+            return [dataclasses.replace(self, nodes=members)]
+        return [dataclasses.replace(self, node_id=member_id(self.node_id, k), nodes=members,
+                                    data_dir=os.path.join(self.data_dir, f"node-{member_id(self.node_id, k)}", "data"))
+                for k in range(self.me.processes)]
 
     def cluster_secret(self) -> bytes:
         """The secret of cluster_secret_file (b"" without one)."""
@@ -90,7 +132,8 @@ class NodeConfig:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
-                                  _address(n["forward"])) for n in doc["nodes"])
+                                  _address(n["forward"]), int(n.get("processes", os.cpu_count() or 1)))
+                      for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
                    doc.get("credentials_file", ""), doc.get("cluster_secret_file", ""),
                    int(doc.get("split_bytes", REPLICATED_SPLIT_BYTES_DEFAULT)),
@@ -109,6 +152,7 @@ class NodeConfig:
                  f"checkpoint_entries = {self.checkpoint_entries}", f"log_keep_entries = {self.log_keep_entries}",
                  f"canary_interval_s = {self.canary_interval_s!r}"]
         for n in self.nodes:
-            lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"endpoint = {q(_text(n.endpoint))}",
+            lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"processes = {n.processes}",
+                      f"endpoint = {q(_text(n.endpoint))}",
                       f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]
         return "\n".join(lines) + "\n"

@@ -1,5 +1,11 @@
 """``dynstore-node --config node.toml``: one node of a cluster.
 
+A node of several processes (``processes`` in node.toml, one per core unless told) runs
+them as children, each a member of the cluster with its own replicas, endpoint and ports
+(node/config.py ``expanded``), and starts again any that exits, with backoff, as ``dynstore
+up`` does for its nodes (node/supervisor.py); SIGINT or SIGTERM stops them all. What
+follows is what each process does (a node of one process is that process).
+
 The node holds a replica of the metadata group and of every partition of the tables placed
 on it (dynstore/router/cluster.py), serves the DynamoDB API on its endpoint (any node is an
 endpoint: requests run where their partition's leader is, dynstore/node/routing.py), takes
@@ -147,6 +153,12 @@ def main(config_path: str):
     """Run one node of a dynstore cluster."""
     import logging
     config = NodeConfig.load(config_path)
+    processes = config.expanded()
+    if len(processes) > 1:
+        from dynstore.node.supervisor import run_cluster
+        uvloop.run(run_cluster(processes, config.data_dir, unit="processes"))
+        return
+    config = processes[0]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s")
     sys.exit(uvloop.run(serve(config)))

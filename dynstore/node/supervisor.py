@@ -163,7 +163,9 @@ class Supervisor:
         await asyncio.gather(*(proc.wait() for proc in self.procs.values()))
 
 
-async def run_cluster(configs: list[NodeConfig], base_dir: str) -> None:
+async def run_cluster(configs: list[NodeConfig], base_dir: str, unit: str = "nodes") -> None:
+    """Run the node processes of ``configs`` under ``base_dir`` until SIGINT or SIGTERM
+    (``dynstore up``'s nodes, or the processes of one ``dynstore-node``, which ``unit`` names)."""
     supervisor = Supervisor(configs, base_dir)
     keepers = [asyncio.ensure_future(supervisor._keep(c)) for c in configs]
     stop = asyncio.Event()
@@ -179,7 +181,7 @@ async def run_cluster(configs: list[NodeConfig], base_dir: str) -> None:
                 host, port = config.me.endpoint
                 click.echo(f"node {config.node_id} ({config.me.zone}) serves DynamoDB at http://{host}:{port}")
             click.echo(f"dynstore is serving DynamoDB at http://{configs[0].me.endpoint[0]}:"
-                       f"{configs[0].me.endpoint[1]}  ({len(configs)} nodes, region {configs[0].region})")
+                       f"{configs[0].me.endpoint[1]}  ({len(configs)} {unit}, region {configs[0].region})")
             click.echo(f"data directory: {os.path.abspath(base_dir)}")
             click.echo("press Ctrl-C to stop")
             sys.stdout.flush()

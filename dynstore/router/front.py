@@ -122,7 +122,7 @@ async def serve(config, host: str, port: int, credentials, region: str) -> None:
 
     from dynstore.api.server import Server
 
-    front = FrontRouter({n.id: n.forward for n in config.nodes}, config.cluster_secret())
+    front = FrontRouter({n.id: n.forward for n in config.expanded()[0].nodes}, config.cluster_secret())
     server = Server(front.operations, None, credentials, region=region,
                     status=lambda: {"router": {"nodes": front.nodes, "direct": front.direct}})
     try:
