@@ -233,7 +233,8 @@ def test_a_node_that_missed_the_splits_catches_up_from_snapshots(tmp_path):
             os.kill(paused, signal.SIGCONT)
         cluster.wait_converged("orders", within=60)
         groups = cluster.status(behind)["groups"]
-        assert sum(g["snapshots_installed"] for name, g in groups.items() if name.startswith("orders")) >= 2
+        assert sum(g["snapshots_installed"] for name, g in groups.items() if name.startswith("orders")) >= 2, \
+            (groups, cluster.logs())  # a restart in between would show as counts started afresh
         client = cluster.client(behind)
         keys = scan_all(client, "orders")  # the node's own replicas
         assert len(keys) == len(set(keys)) and set(keys) == set(load.acked)

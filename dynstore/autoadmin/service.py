@@ -44,7 +44,7 @@ class Autoadmin:
                  hot_sustain_s: float = limits.HOT_SUSTAIN_S_DEFAULT,
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):
         self.router = state.router
-        self.splitter = Splitter(state, split_bytes, interval_s, mine=lambda p: p.group.is_leader())
+        self.splitter = Splitter(state, split_bytes, interval_s, partitions=self._led)
         self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s)
         self._call_node = call_node
         self._nodes = list(nodes)
@@ -52,6 +52,11 @@ class Autoadmin:
         self.interval_s = interval_s
         self.rounds = 0  # rounds this node ran as the active instance
         self.heat_splits = 0  # partitions split for heat by this node
+
+    def _led(self, desc: dict) -> list:
+        """The partitions of the table this node's replicas lead (a replica that waits for a
+        snapshot leads nothing)."""
+        return [group.view() for group in self.router.table_groups(desc) if group.is_leader() and group.seeded]
 
     def active(self) -> bool:
         return self.router.meta.serves_strong()

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 
 
 class Splitter:
-    """``mine(partition)`` says whether this process decides for a partition (default: all of
-    them; in a cluster, those whose group it leads)."""
+    """``partitions(desc)`` are the partitions of a table this process decides for (default:
+    every one; in a cluster, those whose group it leads)."""
 
     def __init__(self, state, split_bytes: int = limits.PARTITION_SPLIT_BYTES_DEFAULT,
-                 interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, mine=lambda partition: True):
+                 interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, partitions=None):
         self.state = state
-        self._mine = mine
+        self._partitions = partitions or state.router.partitions
         self.split_bytes = split_bytes
         self.interval_s = interval_s
         # Partition -> its item bytes when it was last found to hold a single item collection.
@@ -44,9 +44,7 @@ class Splitter:
             desc = router.table(name)
             if desc is None:
                 continue
-            for partition in list(router.partitions(desc)):
-                if not self._mine(partition):
-                    continue
+            for partition in list(self._partitions(desc)):
                 size = partition_stats(self.state, partition).bytes
                 retry = self._uncuttable.get(partition, 0) * (1 + limits.SPLIT_RETRY_GROWTH)
                 if size < self.split_bytes or size < retry:
