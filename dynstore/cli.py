@@ -76,9 +76,12 @@ def main():
               show_default=True, help="Applied entries between checkpoints of each replica (cluster).")
 @click.option("--log-keep-entries", type=click.IntRange(min=0), default=limits.LOG_KEEP_ENTRIES, show_default=True,
               help="Log entries kept below a checkpoint for replicas a little behind (cluster).")
+@click.option("--heal-after", type=click.FloatRange(min=0, min_open=True), default=limits.HEAL_AFTER_S_DEFAULT,
+              show_default=True, help="Seconds a node may not answer before its tables are placed on another "
+                                      "(cluster of more than three nodes).")
 def up(host: str, port: int, data_dir: str, region: str, credentials_file: str | None, nodes: int, node_id: str,
        zone: str, canary_interval: float, split_bytes: int | None, hot_rate: float, hot_seconds: float,
-       checkpoint_entries: int, log_keep_entries: int):
+       checkpoint_entries: int, log_keep_entries: int, heal_after: float):
     """Serve the DynamoDB API on HOST:PORT over the tables in DATA_DIR."""
     credentials = _credentials(credentials_file, host)
     if nodes > 1:
@@ -94,7 +97,7 @@ def up(host: str, port: int, data_dir: str, region: str, credentials_file: str |
         _echo_credentials(credentials)
         configs = cluster_configs(nodes, host, port, data_dir, region, credentials_file,
                                   split_bytes or limits.REPLICATED_SPLIT_BYTES_DEFAULT, hot_rate, hot_seconds,
-                                  checkpoint_entries, log_keep_entries, canary_interval)
+                                  checkpoint_entries, log_keep_entries, canary_interval, heal_after)
         uvloop.run(run_cluster(configs, data_dir))
         return
     uvloop.run(_serve(host, port, data_dir, region, credentials, node_id, zone, canary_interval,

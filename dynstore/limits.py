@@ -318,6 +318,10 @@ FORWARD_HOPS_MAX = 4
 # A forwarded request not answered this long is reported as an InternalServerError (outcome
 # unknown): it is longer than a leader takes to step down and fail its pending writes.
 FORWARD_TIMEOUT_S = 10 * ELECTION_TIMEOUT_S
+# A node-addressed control call (the control plane's Load, Map and Join) not answered this long
+# counts as the node not answering: each is answered from memory in microseconds, so a node
+# that takes this long is stopped or cut off, and the control plane's round must go on.
+CONTROL_CALL_TIMEOUT_S = 2.0
 # A node process that exits is started again after a backoff doubling from the minimum to the
 # maximum; one that ran longer than the reset time starts again from the minimum. The maximum
 # keeps a node that crashes at start from spinning while still rejoining within seconds.
@@ -348,6 +352,11 @@ REPLICATED_SPLIT_BYTES_DEFAULT = 32 * 1024 ** 2
 # one (a majority remains), and a fourth would add a copy of every write for no availability a
 # three-zone cluster lacks.
 REPLICAS = 3
+# A node that has not answered the control plane for this long is replaced in the placement of
+# its tables (autoadmin healing). Longer than a supervisor takes to restart a crashed node
+# (under a second here, plus a few seconds of recovery), which is cheaper than copying its
+# partitions elsewhere; short enough that a second failure in a group is unlikely to come first.
+HEAL_AFTER_S_DEFAULT = 30.0
 # How often the split loop reads each partition's size: the statistics are in memory, so a round
 # costs microseconds per partition, and a second is far shorter than a partition takes to grow
 # by a noticeable part of the split size.

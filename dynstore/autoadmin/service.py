@@ -14,7 +14,16 @@ leader takes over within an election). Each round it:
   table is placed elsewhere);
 * publishes the partition map of every table to the metadata group (router/cluster.py
   ``publish_map``), as this node's replicas know it or, for a table placed elsewhere, as one
-  of its nodes answers the Map call.
+  of its nodes answers the Map call;
+* heals: a node that has not answered the Load call for ``heal_after_s`` is replaced in the
+  placement of each table on it (one lost node per table at a time) by a live node, of its
+  zone if one is free, the one with the fewest tables; then every partition whose group's
+  membership differs from its table's placement is moved one change a round toward it (the
+  Reconfigure call at the group's leader: the new node's replica first gets a snapshot of
+  the leader's state, then is added as a member, then the lost one is removed). A node
+  that answers again after it was replaced finds itself out of the placement and removes
+  its replicas. The window before a new replica holds its snapshot is covered by the two
+  survivors alone: no log replica is added first.
 
 It is never on the request path: a failed round changes nothing a client sees, is logged,
 and is tried again in the next one.
@@ -42,6 +51,7 @@ class Autoadmin:
                  split_bytes: int = limits.REPLICATED_SPLIT_BYTES_DEFAULT,
                  hot_rate_min: float = limits.HOT_RATE_MIN_DEFAULT,
                  hot_sustain_s: float = limits.HOT_SUSTAIN_S_DEFAULT,
+                 heal_after_s: float = limits.HEAL_AFTER_S_DEFAULT,
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):
         self.router = state.router
         self.splitter = Splitter(state, split_bytes, interval_s, partitions=self._led)
@@ -50,6 +60,9 @@ class Autoadmin:
         self._nodes = list(nodes)
         self._clock = clock
         self.interval_s = interval_s
+        self.heal_after_s = heal_after_s
+        self._heard: dict[int, float] = {}  # node -> when it last answered Load
+        self._active_since: float | None = None  # nodes count as heard when this instance took over
         self.rounds = 0  # rounds this node ran as the active instance
         self.heat_splits = 0  # partitions split for heat by this node
 
@@ -67,25 +80,66 @@ class Autoadmin:
             try:
                 await self.splitter.round()
                 if not self.active():
+                    self._active_since = None
                     continue
+                if self._active_since is None:
+                    self._active_since = self._clock()
                 await self._split_hot()
-                await self._publish()
+                maps = await self._maps()
+                for desc, partitions in maps:
+                    await self.router.publish_map(desc, partitions)
+                await self._heal(maps)
             except (DynamoDBError, ReplicationError, ConnectionError) as exc:
                 log.warning("autoadmin round failed, trying again next round: %s", exc)
             self.rounds += 1
 
-    async def _publish(self) -> None:
+    async def _maps(self) -> list[tuple[dict, list[dict]]]:
+        """(description, partitions) of every table whose partitions a node holding it tells
+        (this one, or one that answers the Map call)."""
+        maps = []
         for name in self.router.table_names():
             desc = self.router.table(name)
             if desc is None:
                 continue
-            if self.router.holds(desc):
+            if self.router.holds(desc) and not any(g.replica.joining for g in self.router.table_groups(desc)):
                 partitions = self.router.partition_map(desc)
             else:
                 partitions = await self._remote_map(desc)
                 if partitions is None:
                     continue  # none of its nodes answers: the map is published once one does
-            await self.router.publish_map(desc, partitions)
+            maps.append((desc, partitions))
+        return maps
+
+    def _lost(self) -> set[int]:
+        now = self._clock()
+        return {n for n in self._nodes if now - max(self._heard.get(n, 0.0), self._active_since) > self.heal_after_s}
+
+    async def _heal(self, maps: list[tuple[dict, list[dict]]]) -> None:
+        lost = self._lost()
+        for desc, partitions in maps:
+            hosts = self.router.hosts(desc["TableId"])
+            gone = sorted(set(hosts) & lost)
+            if len(gone) == 1:
+                taken = self._replacement(hosts, gone[0], lost)
+                if taken is not None:
+                    log.warning("node %d is lost: placing %s on node %d instead", gone[0], desc["TableName"], taken)
+                    await self.router.replace_host(desc, gone[0], taken)
+                    hosts = self.router.hosts(desc["TableId"])
+            for partition in partitions:
+                if sorted(partition["members"]) != sorted(hosts):
+                    await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
+                                                              "hosts": hosts})
+
+    def _replacement(self, hosts: list[int], gone: int, lost: set[int]) -> int | None:
+        """A live node for a table of ``hosts`` that lost ``gone``: of its zone if one is free,
+        else of a zone the table is not in, else any; the one with the fewest tables."""
+        free = [n for n in self._nodes if n not in hosts and n not in lost]
+        if not free:
+            return None
+        zone_of = self.router.zone
+        used = {zone_of(n) for n in hosts if n != gone}
+        tables_on = self.router.tables_on()
+        return min(free, key=lambda n: (zone_of(n) != zone_of(gone), zone_of(n) in used, tables_on.get(n, 0), n))
 
     async def _remote_map(self, desc: dict) -> list[dict] | None:
         for node in self.router.hosts(desc["TableId"]):
@@ -113,12 +167,15 @@ class Autoadmin:
         return None
 
     async def _split_hot(self) -> None:
-        for node in self._nodes:
+        async def load(node: int) -> dict | None:
             try:
-                load = await self._call_node(node, "Load", {})
+                return await self._call_node(node, "Load", {})
             except ConnectionError:
-                continue  # a node down takes no requests; its counters are read again when it is back
-            self.heat.observe(self._clock(), node, {int(g): n for g, n in load["requests"].items()})
+                return None  # a node down takes no requests; its counters are read again when it is back
+        for node, answer in zip(self._nodes, await asyncio.gather(*map(load, self._nodes))):
+            if answer is not None:
+                self._heard[node] = self._clock()
+                self.heat.observe(self._clock(), node, {int(g): n for g, n in answer["requests"].items()})
         for node, group_id in self.heat.hot(self._clock()):
             found = self._range_of(group_id)
             if found is None:

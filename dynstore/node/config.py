@@ -14,6 +14,7 @@
     checkpoint_entries = 10000            # applied entries between checkpoints of each replica's tree
     log_keep_entries = 2000               # entries kept below a checkpoint for peers a little behind
     canary_interval_s = 1.0               # seconds between availability probes of each led partition
+    heal_after_s = 30.0                   # a node silent this long is replaced in its tables' placement
 
     [[nodes]]                             # one table per node, the same list on every node
     id = 1                                # below PROCESS_ID_STRIDE
@@ -41,8 +42,8 @@ import os
 import tomllib
 from dataclasses import dataclass
 
-from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT,
-                             LOG_KEEP_ENTRIES, REPLICATED_SPLIT_BYTES_DEFAULT)
+from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, HEAL_AFTER_S_DEFAULT, HOT_RATE_MIN_DEFAULT,
+                             HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES, REPLICATED_SPLIT_BYTES_DEFAULT)
 
 
 # Process k of node n is member n + k * PROCESS_ID_STRIDE, so node ids stay below it.
@@ -94,6 +95,7 @@ class NodeConfig:
     checkpoint_entries: int = CHECKPOINT_ENTRIES
     log_keep_entries: int = LOG_KEEP_ENTRIES
     canary_interval_s: float = CANARY_INTERVAL_S
+    heal_after_s: float = HEAL_AFTER_S_DEFAULT
 
     def __post_init__(self):
         ids = [n.id for n in self.nodes]
@@ -141,7 +143,8 @@ class NodeConfig:
                    float(doc.get("hot_sustain_s", HOT_SUSTAIN_S_DEFAULT)),
                    int(doc.get("checkpoint_entries", CHECKPOINT_ENTRIES)),
                    int(doc.get("log_keep_entries", LOG_KEEP_ENTRIES)),
-                   float(doc.get("canary_interval_s", CANARY_INTERVAL_S)))
+                   float(doc.get("canary_interval_s", CANARY_INTERVAL_S)),
+                   float(doc.get("heal_after_s", HEAL_AFTER_S_DEFAULT)))
 
     def dump(self) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
@@ -150,7 +153,7 @@ class NodeConfig:
                  f"cluster_secret_file = {q(self.cluster_secret_file)}", f"split_bytes = {self.split_bytes}",
                  f"hot_rate_min = {float(self.hot_rate_min)}", f"hot_sustain_s = {float(self.hot_sustain_s)}",
                  f"checkpoint_entries = {self.checkpoint_entries}", f"log_keep_entries = {self.log_keep_entries}",
-                 f"canary_interval_s = {self.canary_interval_s!r}"]
+                 f"canary_interval_s = {self.canary_interval_s!r}", f"heal_after_s = {float(self.heal_after_s)}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"processes = {n.processes}",
                       f"endpoint = {q(_text(n.endpoint))}",

@@ -69,7 +69,8 @@ async def serve(config: NodeConfig) -> int:
     router.control = lambda op, request: routing.route(op, request, 0)
     control = Tasks(f"node {me.id} control loops", fatal)
     control.spawn(Autoadmin(state, routing.call_node, [n.id for n in config.nodes], split_bytes=config.split_bytes,
-                            hot_rate_min=config.hot_rate_min, hot_sustain_s=config.hot_sustain_s).run())
+                            hot_rate_min=config.hot_rate_min, hot_sustain_s=config.hot_sustain_s,
+                            heal_after_s=config.heal_after_s).run())
     # Probes the partitions whose groups this node leads (dynstore/canary.py).
     canary = Canary(router, partitions=led_partitions, clock=state.clock, interval_s=config.canary_interval_s)
     control.spawn(expire_led(state))

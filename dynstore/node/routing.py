@@ -63,6 +63,8 @@ and the control calls between nodes, each run at the leader of the group it name
 
     {"id", "op": "ReadIndex", "request": {"group"}, "hops"}        -> result {"index": slot}
     {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {"split": bool}
+    {"id", "op": "Reconfigure", "request": {"table", "group", "hosts"}, "hops"} -> result {"done": bool}
+        (one membership change toward ``hosts``; a node added must first answer Join ready)
 
 and one answered by the node it is sent to (the control plane's readings of each node)::
 
@@ -70,6 +72,8 @@ and one answered by the node it is sent to (the control plane's readings of each
     {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
     {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map;
                                                              the published one for a table placed elsewhere)
+    {"id", "op": "Join", "request": {"table", "group"}, "hops": 0} -> result {"ready": bool}
+        (opens this node's replica of the group; ready once it holds a snapshot)
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -86,8 +90,8 @@ from dynstore.api import errors
 from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
-from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, FORWARD_FRAME_BYTES_MAX, FORWARD_HOPS_MAX,
-                             FORWARD_POLL_S, FORWARD_WAIT_S)
+from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
+                             FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_WAIT_S)
 from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
@@ -201,8 +205,8 @@ class Routing:
         # TableId of a table placed elsewhere -> {group: the highest slot its nodes reported}.
         self._heard_elsewhere: dict[str, dict[str, int]] = {}
         self.operations = {op: self._entry(op) for op in OPERATIONS}
-        self._control = {"ReadIndex": self._read_index, "Split": self._split}
-        self._node_control = {"Load": self._load, "Map": self._map}
+        self._control = {"ReadIndex": self._read_index, "Split": self._split, "Reconfigure": self._reconfigure}
+        self._node_control = {"Load": self._load, "Map": self._map, "Join": self._join}
 
     def _entry(self, op: str):
         async def routed(state, request: dict) -> dict:
@@ -217,10 +221,10 @@ class Routing:
             return await self._node_control[op](request)
         if op in self._control:
             group = self.router.groups.get(request["group"])
-            if group is None and op == "Split":  # a partition of a table placed elsewhere
+            if group is None and op != "ReadIndex":  # a partition of a table placed elsewhere
                 desc = self.router.table(request["table"])
                 if desc is None or self.router.holds(desc):
-                    return {"split": False}  # deleted, or the group is gone (split again meanwhile)
+                    raise ServiceUnavailable(f"replication group {request['group']} is not open here")
                 return await self._to_hosts(desc, op, request, hops)
             if group is None:
                 raise ServiceUnavailable(f"replication group {request['group']} is not held here")
@@ -236,7 +240,9 @@ class Routing:
             check_batch(self.state, op, request)
             parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
             return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
-        if descs and not self.router.holds(descs[0]):
+        if descs and (not self.router.holds(descs[0]) or any(
+                g.replica.joining for g in self.router.table_groups(descs[0]))):
+            # Placed elsewhere, or placed here so lately that this node still waits for state.
             return await self._to_hosts(descs[0], op, request, hops)
         if op in _CATALOG_READS:
             return await self._here(op, request, hops, strong=False)
@@ -434,6 +440,22 @@ class Routing:
         stored = self.router.stored_map(desc["TableId"])
         return {"desc": desc, "partitions": [] if stored is None else stored["partitions"]}
 
+    async def _reconfigure(self, request: dict) -> dict:
+        group = self.router.groups[request["group"]]
+        hosts = request["hosts"]
+        missing = sorted(set(hosts) - set(group.members()))
+        ready = False
+        if missing:
+            answer = await self.call_node(missing[0], "Join", {"table": request["table"], "group": group.group})
+            ready = answer["ready"]
+        return {"done": group.reconfigure(hosts, ready)}
+
+    async def _join(self, request: dict) -> dict:
+        desc = self.router.table(request["table"])
+        if desc is None or not self.router.holds(desc):
+            return {"ready": False}  # this node's catalog does not place the table here yet
+        return {"ready": not self.router.join(desc, request["group"]).replica.joining}
+
     async def _split(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]
         desc = self.router.table(request["table"])
@@ -462,11 +484,17 @@ class Routing:
         return answer_of(answer)
 
     async def call_node(self, node: int, op: str, request: dict) -> dict:
-        """A node-addressed control call (Load); ConnectionError when ``node`` does not answer."""
+        """A node-addressed control call (Load, Map, Join); ConnectionError when ``node`` does
+        not answer within CONTROL_CALL_TIMEOUT_S."""
         if node == self.node_id:
             return await self._node_control[op](request)
+        deadline = time.monotonic() + CONTROL_CALL_TIMEOUT_S
+
+        def late() -> str | None:
+            return f"node {node} did not answer within {CONTROL_CALL_TIMEOUT_S} s" \
+                if time.monotonic() > deadline else None
         try:
-            answer = await self.links.call(node, op, request, 0)
+            answer = await self.links.call(node, op, request, 0, give_up=late)
         except InternalServerError as exc:
             raise ConnectionError(str(exc)) from None
         if answer is None:

@@ -33,8 +33,8 @@ import time
 
 import click
 
-from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, CLUSTER_SECRET_BYTES, HOT_RATE_MIN_DEFAULT,
-                             HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES, NODE_RESTART_BACKOFF_MAX_S,
+from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, CLUSTER_SECRET_BYTES, HEAL_AFTER_S_DEFAULT,
+                             HOT_RATE_MIN_DEFAULT, HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES, NODE_RESTART_BACKOFF_MAX_S,
                              NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S, NODE_START_TIMEOUT_S,
                              REPLICATED_SPLIT_BYTES_DEFAULT)
 from dynstore.node.config import NodeAddress, NodeConfig
@@ -60,7 +60,7 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
                     credentials_file: str | None, split_bytes: int = REPLICATED_SPLIT_BYTES_DEFAULT,
                     hot_rate_min: float = HOT_RATE_MIN_DEFAULT, hot_sustain_s: float = HOT_SUSTAIN_S_DEFAULT,
                     checkpoint_entries: int = CHECKPOINT_ENTRIES, log_keep_entries: int = LOG_KEEP_ENTRIES,
-                    canary_interval_s: float = CANARY_INTERVAL_S
+                    canary_interval_s: float = CANARY_INTERVAL_S, heal_after_s: float = HEAL_AFTER_S_DEFAULT
                     ) -> list[NodeConfig]:
     data_dir = os.path.abspath(data_dir)
     spare = free_ports(2 * nodes)
@@ -77,7 +77,8 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
     secret_file = cluster_secret_file(data_dir)
     return [NodeConfig(n.id, os.path.join(data_dir, f"node-{n.id}", "data"), addresses, region,
                        os.path.abspath(credentials_file) if credentials_file else "", secret_file, split_bytes,
-                       hot_rate_min, hot_sustain_s, checkpoint_entries, log_keep_entries, canary_interval_s)
+                       hot_rate_min, hot_sustain_s, checkpoint_entries, log_keep_entries, canary_interval_s,
+                       heal_after_s)
             for n in addresses]
 
 

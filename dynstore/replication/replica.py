@@ -15,6 +15,7 @@ Files, under the replica's directory::
     log/        the WAL (storage/wal.py): the Paxos log itself
     tree.db     the applied state (storage/btree.py), checkpointed at an applied slot
     tree.meta   messages.encode(SnapshotMeta) of the last snapshot installed from a peer
+    joining     present while a replica added to a running group waits for its first snapshot
 
 WAL records. Each persist record of the core is one WAL record whose payload is the
 record's messages.encode frame (its own crc32c and version inside the WAL's checksum) and
@@ -43,6 +44,14 @@ the record from tree.meta. A leader applies its committed entries without waitin
 record of the commit index (they are durable in its own log: Ready.apply_first in paxos.py),
 so a checkpoint may also be ahead of the recorded commit index with the log holding every
 entry up to it; recovery then writes a HardState committing through the checkpoint.
+
+Joining. A replica added to a group that has run for a while (``joining``, autoadmin's
+healing) starts with no state and a membership that does not name it. Until it has
+installed a snapshot it takes nothing but snapshot chunks and does not tick: its log holds
+none of the group's history, so it must neither accept entries that follow history it
+lacks nor campaign. The snapshot's metadata carries the membership in force at its slot, and
+the change that adds the replica comes after it in the log. The ``joining`` file, made
+before the log's first record, keeps a crash in between from opening it as a member.
 
 Faults survived: a crash at any instant (nothing is applied before it is durable on a quorum
 and in this log, nothing that claims durability is sent before it is durable, the tree only
@@ -173,7 +182,8 @@ class Replica:
     def __init__(self, directory: str, replica_id: int, members: tuple, send, *, group: int = 0,
                  timing: Timing = Timing(), seed: int = 0, backend: str | None = None, sync: str = "auto",
                  segment_bytes: int = WAL_SEGMENT_BYTES_DEFAULT, checkpoint_entries: int = CHECKPOINT_ENTRIES,
-                 log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic, apply=None):
+                 log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic, apply=None,
+                 joining: bool = False):
         self.id = replica_id
         # apply(tree, slot, data) applies one committed command to the tree; it returns None, or the
         # exception to answer its proposer with when the state machine refused it (nothing written).
@@ -185,15 +195,20 @@ class Replica:
         self.checkpoint_entries = checkpoint_entries
         self.log_keep_entries = log_keep_entries
         self.stats = {"snapshots_sent": 0, "snapshots_installed": 0, "snapshot_chunks_corrupt": 0,
-                      "checkpoints": 0, "log_rewrites": 0}
+                      "checkpoints": 0, "log_rewrites": 0, "dropped_joining": 0}
         os.makedirs(directory, exist_ok=True)
         self.wal = WAL(os.path.join(directory, "log"), sync=sync, segment_bytes=segment_bytes, backend=backend)
         self._backend = backend
         self._tree_path = os.path.join(directory, "tree.db")
         self._meta_path = os.path.join(directory, "tree.meta")
         store = Store.replay(read_log(self.wal))
+        self._joining_path = os.path.join(directory, "joining")
         if self.wal.last_lsn == 0:
+            if joining:
+                _write_durably(self._joining_path, b"")
+                _fsync_dir(directory)
             self._persist_now(store, SnapshotMeta(0, ZERO_BALLOT, tuple(sorted(members))))
+        self.joining = os.path.exists(self._joining_path)  # waits for its first snapshot (above)
         self.tree = BTree(self._tree_path, backend=backend)
         self.applied = self.tree.checkpoint_lsn
         if self.applied > store.commit:
@@ -248,6 +263,8 @@ class Replica:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
+            if self.joining:
+                continue
             self.core.tick(self.clock())
             self._flush()
 
@@ -256,6 +273,9 @@ class Replica:
     def step(self, m) -> None:
         if type(m) is SnapshotChunk:
             self._on_snapshot_chunk(m)
+        elif self.joining:
+            self.stats["dropped_joining"] += 1
+            return
         else:
             self.core.step(m, self.clock())
         self._schedule_flush()
@@ -268,6 +288,13 @@ class Replica:
         self._waiting[slot] = (future, data)
         self._schedule_flush()
         return await future
+
+    def change_members(self, members: tuple) -> int:
+        """Propose a membership change (one replica added or removed, at the leader); returns
+        its slot. Busy while another change is in flight, NotLeader elsewhere."""
+        slot = self.core.propose_members(members, self.clock())
+        self._schedule_flush()
+        return slot
 
     async def read_barrier(self) -> None:
         """Return once this replica may serve a strongly consistent read: it leads under a
@@ -331,9 +358,7 @@ class Replica:
         if not applied:
             self._apply_all(rd.committed)
         for peer, _meta in rd.snapshots:
-            if peer not in self._shipping:
-                self._shipping.add(peer)
-                self._tasks.spawn(self._ship_snapshot(peer))
+            self.ship_snapshot(peer)
         if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
             self._checkpoint()
         if self.core.commit != commit:
@@ -407,6 +432,12 @@ class Replica:
 
     # --- snapshots ------------------------------------------------------------------------------
 
+    def ship_snapshot(self, peer: int) -> None:
+        """Stream this replica's state to ``peer`` (one joining the group), unless already doing so."""
+        if peer not in self._shipping:
+            self._shipping.add(peer)
+            self._tasks.spawn(self._ship_snapshot(peer))
+
     async def _ship_snapshot(self, peer: int) -> None:
         try:
             index = self.applied
@@ -475,6 +506,10 @@ class Replica:
         _fsync_dir(self.directory)
         self.tree = BTree(self._tree_path, backend=self._backend)
         self.applied = meta.index
+        if self.joining:
+            os.unlink(self._joining_path)
+            _fsync_dir(self.directory)
+            self.joining = False
         self.stats["snapshots_installed"] += 1
         log.info("replica %d installed a snapshot at slot %d", self.id, meta.index)
 
@@ -488,7 +523,7 @@ class Replica:
             "commit": store.commit, "applied": self.applied, "first_slot": store.first_slot,
             "last_slot": store.last_slot, "snapshot_index": store.snap.index,
             "lease_valid": core.lease_valid(self.clock()), "members": [list(m) for m in core.members],
-            "checkpoint": self.tree.checkpoint_lsn, "wal_first_lsn": self.wal.first_lsn,
+            "checkpoint": self.tree.checkpoint_lsn, "wal_first_lsn": self.wal.first_lsn, "joining": self.joining,
             "wal_last_lsn": self.wal.last_lsn, **self.stats,
         }
 

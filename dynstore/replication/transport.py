@@ -162,6 +162,14 @@ class Transport:
             if peer > self.id:
                 self._tasks.spawn(self._dial_forever(peer))
 
+    def add_peer(self, peer: int, address: tuple[str, int]) -> None:
+        """Link to a replica that joined the group (the one of lower id dials, as in ``dial``)."""
+        if peer in self.peers:
+            return
+        self.peers[peer] = address
+        if self._loop is not None and peer > self.id:
+            self._tasks.spawn(self._dial_forever(peer))
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -13,14 +13,19 @@ Metadata group, applied tree (keys are bytes)::
     b"m" + TableId             ->  the partition map: JSON {"version": n, "partitions": [{"start",
                                    "end" (hex item storage keys, end null for the last), "group",
                                    "replicas": [node ids], "leader": node id | null}, ...]}
-    b"p" + TableId             ->  the table's placement: JSON [node ids], the nodes that hold a
-                                   replica of each of its partitions (absent: every node)
+    b"p" + TableId             ->  the table's placement: JSON {"hosts": [node ids], the nodes that
+                                   hold a replica of each of its partitions (absent: every node),
+                                   "joined": [node ids] placed there after the table was created}
 
 Placement. CreateTable (at the metadata leader) places a table on REPLICAS nodes: one in each
 of the zones with the fewest tables, and in each such zone the node with the fewest (ties to
 the lowest id); a cluster of REPLICAS nodes or fewer places every table on all of them. Every
 partition split off the table keeps its placement (a split seeds the child on the parent's
-members). A node holds replicas only of the tables placed on it; for another table it holds the
+members). Healing (autoadmin) replaces a lost node in a placement (``replace_host``); the
+node taken in is listed as joined, so its replicas of groups that already ran open as
+joining (replicated.py) and wait for a snapshot, and the control plane then changes each
+group's membership to the placement (``Reconfigure``, node/routing.py). A node left out of
+a placement removes its replicas of the table. A node holds replicas only of the tables placed on it; for another table it holds the
 catalog entry alone, and the request router sends the table's requests to a node that holds it
 (``hosts``, node/routing.py).
 
@@ -76,6 +81,7 @@ from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, F
 from dynstore.replication.errors import StaleRange
 from dynstore.replication.tasks import Tasks
 from dynstore.replication.transport import Listener
+from dynstore.replication.replica import is_seeded
 from dynstore.router.replicated import ReplicaGroup, ReplicatedPartition
 
 META_GROUP = 0
@@ -147,12 +153,13 @@ class ClusterRouter:
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
         self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
-        self._hosts: dict[str, tuple[bytes, list[int]]] = {}  # TableId -> (stored JSON, placement) last read
+        self._hosts: dict[str, tuple[bytes, dict]] = {}  # TableId -> (stored JSON, placement) last read
         self._reconciled_at = -1  # the metadata slot applied when reconcile last ran
         # A replica that cannot be opened (a corrupt log) stops the node, as a replica's own failures do.
         self._tasks = Tasks(f"node {node_id} catalog", on_fatal)
 
-    def _group(self, group: int, directory: str, table_id: str | None, child: bool = False) -> ReplicaGroup:
+    def _group(self, group: int, directory: str, table_id: str | None, child: bool = False,
+               joining: bool = False) -> ReplicaGroup:
         def directory_of(other: int) -> str:
             return self._group_dir(table_id, other)
 
@@ -162,7 +169,8 @@ class ClusterRouter:
         peers = self._peers if table_id is None else {n: self._peers[n] for n in self.hosts(table_id)}
         return ReplicaGroup(group, directory, self.node_id, peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
-                            child=child, secret=self.secret, **self._log_sizes)
+                            child=child, secret=self.secret, joining=joining, addresses=self._peers,
+                            **self._log_sizes)
 
     async def start(self) -> None:
         await self.listener.start()
@@ -189,26 +197,43 @@ class ClusterRouter:
     def _removed(self) -> set[str]:
         return {key[1:].decode() for key, _ in self.meta.replica.tree.scan(_DELETED, b"e")}
 
-    def hosts(self, table_id: str) -> list[int]:
-        """The nodes the table is placed on."""
+    def _placement_of(self, table_id: str) -> dict:
         stored = self.meta.replica.tree.get(_PLACEMENT + table_id.encode())
         if stored is None:
-            return sorted(self._peers)
+            return {"hosts": sorted(self._peers), "joined": []}
         cached = self._hosts.get(table_id)
         if cached is None or cached[0] != stored:
             cached = self._hosts[table_id] = (stored, orjson.loads(stored))
         return cached[1]
+
+    def hosts(self, table_id: str) -> list[int]:
+        """The nodes the table is placed on."""
+        return self._placement_of(table_id)["hosts"]
+
+    def zone(self, node: int) -> str:
+        return self._zones[node]
 
     def holds(self, desc: dict) -> bool:
         """Whether this node holds replicas of the table's partitions."""
         return self.node_id in self.hosts(desc["TableId"])
 
     def _placement(self) -> list[int]:
+        return place(self._zones, self.tables_on())
+
+    def tables_on(self) -> dict[int, int]:
+        """node id -> how many tables are placed on it."""
         tables_on: dict[int, int] = {}
         for _, stored in self.meta.replica.tree.scan(_PLACEMENT, b"q"):
-            for node in orjson.loads(stored):
+            for node in orjson.loads(stored)["hosts"]:
                 tables_on[node] = tables_on.get(node, 0) + 1
-        return place(self._zones, tables_on)
+        return tables_on
+
+    async def replace_host(self, desc: dict, lost: int, taken: int) -> None:
+        """Place the table on ``taken`` instead of ``lost`` (at the metadata leader)."""
+        placement = self._placement_of(desc["TableId"])
+        hosts = sorted(set(placement["hosts"]) - {lost} | {taken})
+        joined = sorted(set(placement["joined"]) | {taken})
+        await self.meta.write([(_PLACEMENT + desc["TableId"].encode(), orjson.dumps({"hosts": hosts, "joined": joined}))])
 
     async def create_table(self, desc: dict) -> None:
         """Durable in the catalog, placed, and (within FORWARD_WAIT_S, when placed here) the
@@ -216,7 +241,7 @@ class ClusterRouter:
         writes at once (elsewhere the first request waits for that election)."""
         hosts = self._placement()
         await self.meta.write([(_TABLE + desc["TableName"].encode(), orjson.dumps(desc)),
-                               (_PLACEMENT + desc["TableId"].encode(), orjson.dumps(hosts))])
+                               (_PLACEMENT + desc["TableId"].encode(), orjson.dumps({"hosts": hosts, "joined": []}))])
         if self.node_id not in hosts:
             return
         group = self._open(desc["TableId"], table_group(desc["TableId"]))
@@ -241,8 +266,11 @@ class ClusterRouter:
     def _open(self, table_id: str, group_id: int, *, child: bool = False) -> ReplicaGroup:
         group = self.groups.get(group_id)
         if group is None:
-            group = self.groups[group_id] = self._group(group_id, self._group_dir(table_id, group_id), table_id,
-                                                        child)
+            directory = self._group_dir(table_id, group_id)
+            # Placed here after the table was created: a group this node did not seed itself
+            # ran before, and its replica here starts by waiting for a snapshot.
+            joining = self.node_id in self._placement_of(table_id)["joined"] and not is_seeded(directory)
+            group = self.groups[group_id] = self._group(group_id, directory, table_id, child, joining)
             self._table_of[group_id] = table_id
             group.start()
         return group
@@ -285,6 +313,11 @@ class ClusterRouter:
             child = max((c for c in rng.children if c[0] <= key), key=lambda c: c[0])[1]
             group = self.groups.get(child) or self._open(desc["TableId"], child, child=True)
 
+    def join(self, desc: dict, group_id: int) -> ReplicaGroup:
+        """This node's replica of a group of a table placed here, opened if it is not (a
+        group found through the control plane, before this node's replicas name it)."""
+        return self._open(desc["TableId"], group_id)
+
     def partition_for(self, desc: dict, key: bytes) -> ReplicatedPartition:
         return self._checked(self.group_for(desc, key))
 
@@ -319,7 +352,8 @@ class ClusterRouter:
     def partition_map(self, desc: dict) -> list[dict]:
         """The table's partitions as this node's replicas know them (the map's "partitions")."""
         return [{"start": group.range.start.hex(), "end": None if group.range.end is None else group.range.end.hex(),
-                 "group": group.group, "replicas": self.hosts(desc["TableId"]), "leader": group.leader_hint()}
+                 "group": group.group, "replicas": self.hosts(desc["TableId"]), "members": group.members(),
+                 "leader": group.leader_hint()}
                 for group in self._walk(desc)]
 
     def stored_map(self, table_id: str) -> dict | None:
@@ -348,12 +382,16 @@ class ClusterRouter:
         shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)
 
     async def reconcile(self) -> None:
-        """Open the replicas of every table in the catalog; remove those of deleted tables."""
+        """Open the replicas of every table in the catalog placed here; remove those of deleted
+        tables and of tables placed elsewhere."""
         removed = self._removed()
         for name in self.table_names():
             desc = self.table(name)
             if desc["TableId"] not in removed:
                 self._walk(desc)
+                if not self.holds(desc) and (desc["TableId"] in self._table_of.values() or os.path.exists(
+                        os.path.join(self._tables_dir, desc["TableId"]))):
+                    await self._remove(desc["TableId"])
         for table_id in removed:
             if table_id in self._table_of.values() or os.path.exists(os.path.join(self._tables_dir, table_id)):
                 await self._remove(table_id)

@@ -100,18 +100,25 @@ class KeyRange:
 
 
 class ReplicaGroup:
-    """Replica ``node_id`` of ``group``; ``peers`` maps node id -> replication (host, port).
+    """Replica ``node_id`` of ``group``; ``peers`` maps node id -> replication (host, port) of
+    the founding members, ``addresses`` (default ``peers``) of every node a later membership
+    may name.
 
     ``directory_of(group)`` is where this node keeps a replica of another group (the child
     of a split), and ``on_child(group)`` is called once a split has seeded one. ``child``
     says this group was split off another: its state then starts as a seed (SEED_SLOT).
+    ``joining`` says the replica is added to a running group: it waits for a snapshot
+    (replica.py) and ``peers`` are then the members it was added to.
+
+    Membership changes (``reconfigure``, at the leader) add one replica or remove one at a
+    time. Every replica links to each member the log names (``_follow_members``).
     """
 
     def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
                  backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
                  child: bool = False, secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
-                 log_keep_entries: int = LOG_KEEP_ENTRIES):
+                 log_keep_entries: int = LOG_KEEP_ENTRIES, joining: bool = False, addresses=None):
         self.group = group
         self.directory = directory
         self.node_id = node_id
@@ -120,14 +127,17 @@ class ReplicaGroup:
         self._directory_of = directory_of
         self._on_child = on_child
         self._child = child
-        members = tuple((rid, STORAGE) for rid in sorted(peers))
+        self._addresses = dict(addresses if addresses is not None else peers)
+        members = tuple((rid, STORAGE) for rid in sorted(peers) if not (joining and rid == node_id))
         self.transport = Transport(node_id, group, peers, self._on_message, on_fatal=on_fatal, secret=secret)
         self.replica = Replica(directory, node_id, members, self.transport.send, group=group,
                                timing=Timing(election_timeout=election_timeout,
                                              heartbeat_interval=election_timeout / 10),
                                seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal,
                                apply=self._apply, checkpoint_entries=checkpoint_entries,
-                               log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES)
+                               log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES,
+                               joining=joining)
+        self._members_seen = None  # the membership the transport was last linked to
         self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
         self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
         # Writes proposed here and not yet applied: key -> newest value, and how many writes of
@@ -146,10 +156,45 @@ class ReplicaGroup:
 
     def _on_message(self, m) -> None:
         self.replica.step(m)
+        self._follow_members()
+
+    def _follow_members(self) -> None:
+        """Link to every member the log names that this replica has no link to yet."""
+        members = self.replica.core.members
+        if members is not self._members_seen:
+            self._members_seen = members
+            for rid, _ in members:
+                if rid in self._addresses:
+                    self.transport.add_peer(rid, self._addresses[rid])
+
+    def members(self) -> list[int]:
+        return [rid for rid, _ in self.replica.core.members]
+
+    def reconfigure(self, hosts: list[int], ready: bool) -> bool:
+        """One step, at the leader, toward the membership ``hosts``: add the first missing
+        node once ``ready`` says its replica holds a snapshot (else ship it one), or else
+        remove the first extra one (not this leader). True once the members are ``hosts``.
+        Busy while the previous change is in flight."""
+        members = dict(self.replica.core.members)
+        add = sorted(set(hosts) - set(members))
+        remove = sorted(set(members) - set(hosts) - {self.node_id})
+        if add:
+            self.transport.add_peer(add[0], self._addresses[add[0]])
+            if not ready:
+                self.replica.ship_snapshot(add[0])
+                return False
+            members[add[0]] = STORAGE
+        elif remove:
+            del members[remove[0]]
+        else:
+            return set(members) == set(hosts)
+        self.replica.change_members(tuple(sorted(members.items())))
+        return False
 
     def start(self) -> None:
         self._listener.transports[self.group] = self.transport
         self.transport.dial()
+        self._follow_members()  # a membership changed since the founding one, found in the log
         self.replica.start()
 
     # --- key range ----------------------------------------------------------------------------
@@ -164,7 +209,7 @@ class ReplicaGroup:
     @property
     def seeded(self) -> bool:
         """This replica holds the group's state (a replica opened empty waits for a snapshot)."""
-        return not self._child or self.replica.applied >= SEED_SLOT
+        return not self.replica.joining and (not self._child or self.replica.applied >= SEED_SLOT)
 
     def _apply(self, tree, slot: int, data: bytes):
         (gen,) = _GEN.unpack_from(data)
