@@ -124,7 +124,7 @@ class Cluster:
                 continue
             out.append(f"node {node}: " + ", ".join(
                 f"{name}: {g['role']} leader={g['leader']} commit={g['commit']} applied={g['applied']} "
-                f"lease={g['lease_valid']}" for name, g in groups.items()))
+                f"lease={g['lease_valid']} members={[m for m, _ in g['members']]}" for name, g in groups.items()))
         return "\n".join(out) + "\n" + self.logs()
 
     def leader_of(self, table: str, within: float = 10) -> int:

@@ -1,4 +1,5 @@
-"""A lost node is replaced: `dynstore up --nodes 6 --heal-after 3`, two nodes per zone.
+"""A lost node is replaced, and the tables even out when it is back: `dynstore up --nodes 6
+--heal-after 3`, two nodes per zone.
 
 A node holding a table stops answering (SIGSTOP: the supervisor sees nothing to restart)
 while clients write through nodes that do not hold the table. The control plane places the
@@ -6,7 +7,9 @@ table on the other node of the lost one's zone, that node's replica of each part
 snapshot of the leader's state and becomes a member, the lost one is removed from every
 group, and the table has three full replicas again, all without a person. The new replica
 then serves every acknowledged write from its own state. When the lost node comes back it
-finds itself out of the placement and removes its files of the table.
+finds itself out of the placement and removes its files of the table; the node that took
+its place now holds two tables and it none, so the control plane moves one back, and every
+node holds one table again with every acknowledged write in place.
 """
 import os
 import signal
@@ -14,7 +17,7 @@ import time
 
 import pytest
 
-from test_cluster import Cluster, Writers, assert_all_present, create_table
+from test_cluster import Cluster, Writers, assert_all_present, create_table, item
 
 NODES = 6
 HEAL_AFTER_S = 3
@@ -38,19 +41,23 @@ def groups_of(cluster: Cluster, node: int, table: str) -> dict[str, dict]:
 
 
 def summary(node: int, groups: dict[str, dict]) -> list:
-    return [(node, name[-6:], g["role"], g["members"], g["joining"], g["applied"], g["commit"])
+    return [(node, name[-6:], g["role"], g["members"], g["joining"], g["applied"], g["commit"], g["snapshots_sent"], g["dropped_joining"], g["snapshots_installed"], g["leader"], g["promised"])
             for name, g in sorted(groups.items())]
 
 
 def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
     create_table(cluster.client(1), "healed")
+    create_table(cluster.client(2), "other")  # placed on the other three nodes
     deadline = time.monotonic() + 20
     while True:
         hosts = sorted(n for n in cluster.endpoints if groups_of(cluster, n, "healed"))
-        if len(hosts) == 3:
+        if len(hosts) == 3 and all(groups_of(cluster, n, "other") for n in cluster.endpoints if n not in hosts):
             break
         assert time.monotonic() < deadline, cluster.describe()
         time.sleep(0.1)
+    others = {f"o{n}": (f"value of o{n}", 0.0) for n in range(20)}
+    for pk, (value, _) in others.items():
+        cluster.client(1).put_item(TableName="other", Item=item(pk, 0, v=value))
     outsiders = [n for n in cluster.endpoints if n not in hosts]
     writers = Writers(cluster, "healed", count=2, nodes=outsiders)
     try:
@@ -80,13 +87,6 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
             writers.wait_acked(len(writers.acked) + 50)  # writes go on with the new replica
         finally:
             os.kill(cluster.node_pids()[lost], signal.SIGCONT)
-        # Back, and out of the placement: it removes its replicas of the table.
-        table_dir = os.path.join(cluster.directory, f"node-{lost}", "data", "tables",
-                                 cluster.client(1).describe_table(TableName="healed")["Table"]["TableId"])
-        deadline = time.monotonic() + 20
-        while os.path.exists(table_dir):
-            assert time.monotonic() < deadline, cluster.describe()
-            time.sleep(0.1)
     finally:
         writers.join()
     # The new replica holds everything acknowledged, read from its own state once it caught up.
@@ -100,3 +100,24 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
             time.sleep(0.2)
     for node in cluster.endpoints:
         assert_all_present(cluster.client(node), "healed", writers.acked, consistent=True)
+    # Back with no table, beside a node with two: one table moves to it.
+    deadline = time.monotonic() + HEALED_WITHIN_S
+    while True:
+        held = {n: [t for t in ("healed", "other") if groups_of(cluster, n, t)] for n in cluster.endpoints}
+        holders = {t: sorted(n for n, tables in held.items() if t in tables) for t in ("healed", "other")}
+        settled = all(sorted(m for m, _ in g["members"]) == holders[t] and not g["joining"]
+                      for t in holders for n in holders[t] for g in groups_of(cluster, n, t).values())
+        if all(len(tables) == 1 for tables in held.values()) and settled:
+            break
+        assert time.monotonic() < deadline, str((held, [summary(n, groups_of(cluster, n, t))
+                                                        for t in holders for n in holders[t]]))
+        time.sleep(0.2)
+    for node in cluster.endpoints:
+        assert_all_present(cluster.client(node), "healed", writers.acked, consistent=True)
+        assert_all_present(cluster.client(node), "other", others, consistent=True)
+    # No node keeps files of a table it no longer holds (the lost one removed its replicas when
+    # it came back out of the placement, whatever came back to it since).
+    ids = {t: cluster.client(1).describe_table(TableName=t)["Table"]["TableId"] for t in ("healed", "other")}
+    for node, tables in held.items():
+        on_disk = set(os.listdir(os.path.join(cluster.directory, f"node-{node}", "data", "tables")))
+        assert on_disk == {ids[t] for t in tables}, (node, on_disk, tables)

@@ -23,7 +23,11 @@ leader takes over within an election). Each round it:
   the leader's state, then is added as a member, then the lost one is removed). A node
   that answers again after it was replaced finds itself out of the placement and removes
   its replicas. The window before a new replica holds its snapshot is covered by the two
-  survivors alone: no log replica is added first.
+  survivors alone: no log replica is added first;
+* balances: when no partition is moving, a table is moved from the live node of a zone with
+  the most tables to the one with the fewest, once they differ by two or more (a node back
+  after it was replaced, or one added), the same way as healing moves it. A group whose
+  leader is the node moved away loses its leader when the change commits, and elects another.
 
 It is never on the request path: a failed round changes nothing a client sees, is logged,
 and is tried again in the next one.
@@ -89,6 +93,7 @@ class Autoadmin:
                 for desc, partitions in maps:
                     await self.router.publish_map(desc, partitions)
                 await self._heal(maps)
+                await self._balance(maps)
             except (DynamoDBError, ReplicationError, ConnectionError) as exc:
                 log.warning("autoadmin round failed, trying again next round: %s", exc)
             self.rounds += 1
@@ -130,6 +135,30 @@ class Autoadmin:
                     await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
                                                               "hosts": hosts})
 
+    async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> None:
+        settled = all(sorted(p["members"]) == sorted(self.router.hosts(desc["TableId"]))
+                      for desc, partitions in maps for p in partitions)
+        if not settled:
+            return  # one move at a time: the last one is still under way
+        lost = self._lost()
+        tables_on = self.router.tables_on()
+        zones: dict[str, list[int]] = {}
+        for node in self._nodes:
+            if node not in lost:
+                zones.setdefault(self.router.zone(node), []).append(node)
+        for nodes in zones.values():
+            most = max(nodes, key=lambda n: (tables_on.get(n, 0), n))
+            least = min(nodes, key=lambda n: (tables_on.get(n, 0), n))
+            if tables_on.get(most, 0) - tables_on.get(least, 0) < 2:
+                continue
+            for desc, _ in maps:
+                hosts = self.router.hosts(desc["TableId"])
+                if most in hosts and least not in hosts:
+                    log.warning("moving %s from node %d to node %d to even out the tables", desc["TableName"],
+                                most, least)
+                    await self.router.replace_host(desc, most, least)
+                    return
+
     def _replacement(self, hosts: list[int], gone: int, lost: set[int]) -> int | None:
         """A live node for a table of ``hosts`` that lost ``gone``: of its zone if one is free,
         else of a zone the table is not in, else any; the one with the fewest tables."""
@@ -147,7 +176,7 @@ class Autoadmin:
                 answer = await self._call_node(node, "Map", {"table": desc["TableName"]})
             except ConnectionError:
                 continue
-            if answer["desc"] is not None and answer["desc"]["TableId"] == desc["TableId"]:
+            if answer["desc"] is not None and answer["desc"]["TableId"] == desc["TableId"] and answer["current"]:
                 return answer["partitions"]
         return None
 

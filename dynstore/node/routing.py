@@ -61,7 +61,7 @@ Frames are at most FORWARD_FRAME_BYTES_MAX: the largest request, or the largest 
 
 and the control calls between nodes, each run at the leader of the group it names::
 
-    {"id", "op": "ReadIndex", "request": {"group"}, "hops"}        -> result {"index": slot}
+    {"id", "op": "ReadIndex", "request": {"table", "group"}, "hops"} -> result {"index": slot}
     {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {"split": bool}
     {"id", "op": "Reconfigure", "request": {"table", "group", "hosts"}, "hops"} -> result {"done": bool}
         (one membership change toward ``hosts``; a node added must first answer Join ready)
@@ -72,8 +72,9 @@ and one answered by the node it is sent to (the control plane's readings of each
     {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
     {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map;
                                                              the published one for a table placed elsewhere)
-    {"id", "op": "Join", "request": {"table", "group"}, "hops": 0} -> result {"ready": bool}
-        (opens this node's replica of the group; ready once it holds a snapshot)
+    {"id", "op": "Join", "request": {"table", "group", "members"}, "hops": 0} -> result {"ready": bool}
+        (opens this node's replica of the group, linked to its members; ready once it holds a
+        snapshot)
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
@@ -221,13 +222,13 @@ class Routing:
             return await self._node_control[op](request)
         if op in self._control:
             group = self.router.groups.get(request["group"])
-            if group is None and op != "ReadIndex":  # a partition of a table placed elsewhere
+            if group is None or group.replica.joining:
+                # A partition of a table placed elsewhere, or one whose replica here still
+                # waits for its first snapshot: the call runs at another of the table's nodes.
                 desc = self.router.table(request["table"])
-                if desc is None or self.router.holds(desc):
+                if desc is None or (group is None and self.router.holds(desc)):
                     raise ServiceUnavailable(f"replication group {request['group']} is not open here")
                 return await self._to_hosts(desc, op, request, hops)
-            if group is None:
-                raise ServiceUnavailable(f"replication group {request['group']} is not held here")
             return await self._at_leader(group, op, request, hops)
         if op in _ANYWHERE:
             return await self._run(op, request, False)
@@ -406,13 +407,13 @@ class Routing:
         """A strongly consistent read over many partitions, served by this node's replicas once
         each has applied a slot its leader vouched for."""
         groups = self.router.table_groups(desc)
-        await asyncio.gather(*(self._read_index_here(group, hops) for group in groups))
+        await asyncio.gather(*(self._read_index_here(group, desc["TableName"], hops) for group in groups))
         return await self._here(op, request, hops, strong=True, vouched=frozenset(g.group for g in groups))
 
-    async def _read_index_here(self, group, hops: int) -> None:
+    async def _read_index_here(self, group, table: str, hops: int) -> None:
         if group.serves_strong():
             return
-        answer = await self._at_leader(group, "ReadIndex", {"group": group.group}, hops)
+        answer = await self._at_leader(group, "ReadIndex", {"table": table, "group": group.group}, hops)
         await group.replica.wait_applied(answer["index"])
 
     # --- control calls, at the leader of the group they name ---------------------------------------
@@ -431,14 +432,15 @@ class Routing:
         return {"requests": {str(g): group.requests for g, group in groups.items()}}
 
     async def _map(self, request: dict) -> dict:
-        """A table's description and partitions as this node knows them (router/front.py)."""
+        """A table's description and partitions as this node's replicas know them ("current"),
+        or as last published when it holds none of them or waits for their state (router/front.py)."""
         desc = self.router.table(request["table"])
         if desc is None:
             return {"desc": None, "partitions": None}
-        if self.router.holds(desc):
-            return {"desc": desc, "partitions": self.router.partition_map(desc)}
+        if self.router.holds(desc) and not any(g.replica.joining for g in self.router.table_groups(desc)):
+            return {"desc": desc, "partitions": self.router.partition_map(desc), "current": True}
         stored = self.router.stored_map(desc["TableId"])
-        return {"desc": desc, "partitions": [] if stored is None else stored["partitions"]}
+        return {"desc": desc, "partitions": [] if stored is None else stored["partitions"], "current": False}
 
     async def _reconfigure(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]
@@ -446,7 +448,8 @@ class Routing:
         missing = sorted(set(hosts) - set(group.members()))
         ready = False
         if missing:
-            answer = await self.call_node(missing[0], "Join", {"table": request["table"], "group": group.group})
+            answer = await self.call_node(missing[0], "Join", {"table": request["table"], "group": group.group,
+                                                                "members": group.members()})
             ready = answer["ready"]
         return {"done": group.reconfigure(hosts, ready)}
 
@@ -454,7 +457,10 @@ class Routing:
         desc = self.router.table(request["table"])
         if desc is None or not self.router.holds(desc):
             return {"ready": False}  # this node's catalog does not place the table here yet
-        return {"ready": not self.router.join(desc, request["group"]).replica.joining}
+        group = self.router.join(desc, request["group"])
+        for member in request["members"]:
+            group.link(member)
+        return {"ready": not group.replica.joining}
 
     async def _split(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]

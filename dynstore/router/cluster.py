@@ -389,12 +389,20 @@ class ClusterRouter:
             desc = self.table(name)
             if desc["TableId"] not in removed:
                 self._walk(desc)
-                if not self.holds(desc) and (desc["TableId"] in self._table_of.values() or os.path.exists(
-                        os.path.join(self._tables_dir, desc["TableId"]))):
+                if not self.holds(desc) and self._movable(desc["TableId"]):
                     await self._remove(desc["TableId"])
         for table_id in removed:
             if table_id in self._table_of.values() or os.path.exists(os.path.join(self._tables_dir, table_id)):
                 await self._remove(table_id)
+
+    def _movable(self, table_id: str) -> bool:
+        """This node has replicas of the table to remove, and none of them leads its group (a
+        leader is removed from its group last and steps down then; the removal follows the
+        next change to the catalog, such as the new partition map)."""
+        groups = [self.groups[g] for g, t in self._table_of.items() if t == table_id]
+        if any(group.is_leader() for group in groups):
+            return False
+        return bool(groups) or os.path.exists(os.path.join(self._tables_dir, table_id))
 
     async def _reconcile_forever(self) -> None:
         while True:

@@ -164,8 +164,12 @@ class ReplicaGroup:
         if members is not self._members_seen:
             self._members_seen = members
             for rid, _ in members:
-                if rid in self._addresses:
-                    self.transport.add_peer(rid, self._addresses[rid])
+                self.link(rid)
+
+    def link(self, rid: int) -> None:
+        """Link to replica ``rid`` (a member a joining replica is told of)."""
+        if rid in self._addresses:
+            self.transport.add_peer(rid, self._addresses[rid])
 
     def members(self) -> list[int]:
         return [rid for rid, _ in self.replica.core.members]
@@ -173,11 +177,12 @@ class ReplicaGroup:
     def reconfigure(self, hosts: list[int], ready: bool) -> bool:
         """One step, at the leader, toward the membership ``hosts``: add the first missing
         node once ``ready`` says its replica holds a snapshot (else ship it one), or else
-        remove the first extra one (not this leader). True once the members are ``hosts``.
-        Busy while the previous change is in flight."""
+        remove the first extra one (this leader last: it steps down once that commits, and the
+        others elect a leader). True once the members are ``hosts``. Busy while the previous
+        change is in flight."""
         members = dict(self.replica.core.members)
         add = sorted(set(hosts) - set(members))
-        remove = sorted(set(members) - set(hosts) - {self.node_id})
+        remove = sorted(set(members) - set(hosts), key=lambda r: (r == self.node_id, r))
         if add:
             self.transport.add_peer(add[0], self._addresses[add[0]])
             if not ready:
