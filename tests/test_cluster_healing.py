@@ -3,9 +3,10 @@
 
 A node holding a table stops answering (SIGSTOP: the supervisor sees nothing to restart)
 while clients write through nodes that do not hold the table. The control plane places the
-table on the other node of the lost one's zone, that node's replica of each partition gets a
-snapshot of the leader's state and becomes a member, the lost one is removed from every
-group, and the table has three full replicas again, all without a person. The new replica
+table on the other node of the lost one's zone; each partition first gets a log replica on
+another node (a member within a round or two), then the new node's replica, once it has a
+snapshot of the leader's state; the lost one is removed from every group, the log replicas
+are retired, and the table has three full replicas again, all without a person. The new replica
 then serves every acknowledged write from its own state. When the lost node comes back it
 finds itself out of the placement and removes its files of the table; the node that took
 its place now holds two tables and it none, so the control plane moves one back, and every
@@ -40,6 +41,13 @@ def groups_of(cluster: Cluster, node: int, table: str) -> dict[str, dict]:
     return {name: g for name, g in groups.items() if name == table or name.startswith(table + "#")}
 
 
+def log_replicas(cluster: Cluster, node: int) -> int:
+    try:
+        return cluster.status(node)["log_replicas"]
+    except OSError:
+        return 0
+
+
 def summary(node: int, groups: dict[str, dict]) -> list:
     return [(node, name[-6:], g["role"], g["members"], g["joining"], g["applied"], g["commit"], g["snapshots_sent"], g["dropped_joining"], g["snapshots_installed"], g["leader"], g["promised"])
             for name, g in sorted(groups.items())]
@@ -69,7 +77,10 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
         stopped_at = time.monotonic()
         try:
             new_hosts = sorted(set(hosts) - {lost} | {taken})
+            log_replicas_seen = 0
             while True:
+                log_replicas_seen = max([log_replicas_seen] + [log_replicas(cluster, n) for n in cluster.endpoints
+                                                               if n != lost])
                 mine = groups_of(cluster, taken, "healed")
                 theirs = {n: groups_of(cluster, n, "healed") for n in new_hosts if n != taken}
                 if mine and all(set(g) == set(mine) for g in theirs.values()) and all(
@@ -80,7 +91,10 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
                     summary(taken, mine), {n: summary(n, g) for n, g in theirs.items()}, writers.errors,
                     writers.last_error, cluster.logs())
                 time.sleep(0.2)
-            print(f"healed in {time.monotonic() - stopped_at:.1f} s: {len(mine)} partitions on {new_hosts}")
+            print(f"healed in {time.monotonic() - stopped_at:.1f} s: {len(mine)} partitions on {new_hosts}, "
+                  f"log replicas seen at once: {log_replicas_seen}")
+            assert log_replicas_seen >= 1
+            assert sum(cluster.status(n)["log_replicas_opened"] for n in cluster.endpoints if n != lost) >= len(mine)
             # Each partition that ran before came as a snapshot; one split off after the new node
             # joined its parent was seeded there by the split itself.
             assert sum(g["snapshots_installed"] for g in mine.values()) >= 1
@@ -105,9 +119,12 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
     while True:
         held = {n: [t for t in ("healed", "other") if groups_of(cluster, n, t)] for n in cluster.endpoints}
         holders = {t: sorted(n for n, tables in held.items() if t in tables) for t in ("healed", "other")}
+        statuses = [(name, g) for t in holders for n in holders[t] for name, g in groups_of(cluster, n, t).items()]
         settled = all(sorted(m for m, _ in g["members"]) == holders[t] and not g["joining"]
-                      for t in holders for n in holders[t] for g in groups_of(cluster, n, t).values())
-        if all(len(tables) == 1 for tables in held.values()) and settled:
+                      for t in holders for n in holders[t] for g in groups_of(cluster, n, t).values()) and \
+            {name for name, _ in statuses} == {name for name, g in statuses if g["role"] == "leader" and g["lease_valid"]}
+        if all(len(tables) == 1 for tables in held.values()) and settled and not any(
+                log_replicas(cluster, n) for n in cluster.endpoints):
             break
         assert time.monotonic() < deadline, str((held, [summary(n, groups_of(cluster, n, t))
                                                         for t in holders for n in holders[t]]))

@@ -17,13 +17,16 @@ leader takes over within an election). Each round it:
   of its nodes answers the Map call;
 * heals: a node that has not answered the Load call for ``heal_after_s`` is replaced in the
   placement of each table on it (one lost node per table at a time) by a live node, of its
-  zone if one is free, the one with the fewest tables; then every partition whose group's
-  membership differs from its table's placement is moved one change a round toward it (the
-  Reconfigure call at the group's leader: the new node's replica first gets a snapshot of
-  the leader's state, then is added as a member, then the lost one is removed). A node
+  zone if one is free, the one with the fewest tables, and another live node is named to
+  hold log replicas meanwhile. Every partition whose group's membership differs from its
+  table's placement is then moved one change a round toward it (the Reconfigure call at the
+  group's leader): a log replica is added first (it needs only the log from the leader's
+  position, so it is a member within a round or two and the group again has three copies
+  of every new write), then the new storage replica, once it holds a snapshot of the
+  leader's state, then the lost replica is removed; once every group has its new storage
+  replica the log replicas are retired (removed from the groups, then their files). A node
   that answers again after it was replaced finds itself out of the placement and removes
-  its replicas. The window before a new replica holds its snapshot is covered by the two
-  survivors alone: no log replica is added first;
+  its replicas;
 * balances: when no partition is moving, a table is moved from the live node of a zone with
   the most tables to the one with the fewest, once they differ by two or more (a node back
   after it was replaced, or one added), the same way as healing moves it. A group whose
@@ -106,7 +109,7 @@ class Autoadmin:
             desc = self.router.table(name)
             if desc is None:
                 continue
-            if self.router.holds(desc) and not any(g.replica.joining for g in self.router.table_groups(desc)):
+            if self.router.serves(desc):
                 partitions = self.router.partition_map(desc)
             else:
                 partitions = await self._remote_map(desc)
@@ -122,21 +125,35 @@ class Autoadmin:
     async def _heal(self, maps: list[tuple[dict, list[dict]]]) -> None:
         lost = self._lost()
         for desc, partitions in maps:
-            hosts = self.router.hosts(desc["TableId"])
+            table_id = desc["TableId"]
+            hosts = self.router.hosts(table_id)
             gone = sorted(set(hosts) & lost)
             if len(gone) == 1:
                 taken = self._replacement(hosts, gone[0], lost)
                 if taken is not None:
-                    log.warning("node %d is lost: placing %s on node %d instead", gone[0], desc["TableName"], taken)
-                    await self.router.replace_host(desc, gone[0], taken)
-                    hosts = self.router.hosts(desc["TableId"])
-            for partition in partitions:
-                if sorted(partition["members"]) != sorted(hosts):
-                    await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
-                                                              "hosts": hosts})
+                    log_at = self._log_node(hosts + [taken], lost)
+                    log.warning("node %d is lost: placing %s on node %d instead (log replicas on %s)", gone[0],
+                                desc["TableName"], taken, log_at)
+                    await self.router.replace_host(desc, gone[0], taken, log_at)
+            hosts, logs = self.router.hosts(table_id), self.router.log_hosts(table_id)
+            unsettled = [p for p in partitions
+                         if sorted(p["members"]) != sorted(hosts + logs) or sorted(p["logs"]) != sorted(logs)]
+            for partition in unsettled:
+                await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
+                                                          "hosts": hosts, "logs": logs})
+            if logs and not unsettled:
+                log.warning("%s has its new replicas: retiring its log replicas", desc["TableName"])
+                await self.router.retire_logs(desc)
+
+    def _log_node(self, hosts: list[int], lost: set[int]) -> int | None:
+        """A live node to hold log replicas for a table healing onto ``hosts``: the one with
+        the fewest tables (any zone: it holds no state and leaves once the table is whole)."""
+        free = [n for n in self._nodes if n not in hosts and n not in lost]
+        tables_on = self.router.tables_on()
+        return min(free, key=lambda n: (tables_on.get(n, 0), n)) if free else None
 
     async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> None:
-        settled = all(sorted(p["members"]) == sorted(self.router.hosts(desc["TableId"]))
+        settled = all(sorted(p["members"]) == sorted(self.router.hosts(desc["TableId"])) and not p["logs"]
                       for desc, partitions in maps for p in partitions)
         if not settled:
             return  # one move at a time: the last one is still under way

@@ -22,7 +22,7 @@ is left to the new leader.
 The node's availability canary (dynstore/canary.py) probes the partitions whose groups it
 leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 (dynstore/status.py) with ``"groups": {"meta" | table name: replica status (replica.py)},
-"forwarded": n`` added.
+"forwarded": n, "log_replicas": open now, "log_replicas_opened": since start`` added.
 """
 from __future__ import annotations
 
@@ -144,7 +144,8 @@ def node_status(state, canary, routing, config: NodeConfig) -> dict:
                 replicas=replicas, commit=core.store.commit, applied_lsn=group.replica.applied))
     me = dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region)
     return dict(node_document(canary, me, nodes, leads, partitions, pids), groups=router.status(),
-                forwarded=routing.forwarded)
+                forwarded=routing.forwarded, log_replicas=sum(g.log_only for g in router.groups.values()),
+                log_replicas_opened=router.log_replicas_opened)
 
 
 @click.command()

@@ -63,8 +63,9 @@ and the control calls between nodes, each run at the leader of the group it name
 
     {"id", "op": "ReadIndex", "request": {"table", "group"}, "hops"} -> result {"index": slot}
     {"id", "op": "Split", "request": {"table", "group", "key", "child"}, "hops"} -> result {"split": bool}
-    {"id", "op": "Reconfigure", "request": {"table", "group", "hosts"}, "hops"} -> result {"done": bool}
-        (one membership change toward ``hosts``; a node added must first answer Join ready)
+    {"id", "op": "Reconfigure", "request": {"table", "group", "hosts", "logs"}, "hops"} -> result {"done": bool}
+        (one membership change toward storage replicas ``hosts`` and log replicas ``logs``; a
+        node added must first answer Join ready)
 
 and one answered by the node it is sent to (the control plane's readings of each node)::
 
@@ -72,14 +73,14 @@ and one answered by the node it is sent to (the control plane's readings of each
     {"id", "op": "Load", "request": {"sample": group}, "hops": 0} -> result {"keys": [hex, ...]}
     {"id", "op": "Map", "request": {"table"}, "hops": 0}  -> result {"desc", "partitions"} (cluster.py's map;
                                                              the published one for a table placed elsewhere)
-    {"id", "op": "Join", "request": {"table", "group", "members"}, "hops": 0} -> result {"ready": bool}
-        (opens this node's replica of the group, linked to its members; ready once it holds a
-        snapshot)
+    {"id", "op": "Join", "request": {"table", "group", "members", "log"}, "hops": 0} -> result {"ready": bool}
+        (opens this node's replica of the group, a log replica if "log", linked to its members;
+        ready once it holds a snapshot)
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
 which SDKs retry): it may or may not have taken effect. A write is never retried here,
-since a conditional or ADD update is not idempotent.
+since a conditional or ADD update is not idempotent; a read is, at the next leader.
 """
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ _CATALOG_READS = frozenset({"DescribeTable", "DescribeTimeToLive", "ListTagsOfRe
 _READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem"})
 _ANYWHERE = frozenset({"DescribeLimits", "DescribeEndpoints"})
 _BATCHES = frozenset({"BatchGetItem", "BatchWriteItem"})
+# Requests that change nothing: one whose forwarded call was cut off (its leader stepped down)
+# is sent again to the next leader instead of answering that it may or may not have run.
+_RETRIED = _READS | _CATALOG_READS | frozenset({"ListTables", "ReadIndex"})
 
 
 def _tables(op: str, request: dict) -> list[str]:
@@ -241,8 +245,7 @@ class Routing:
             check_batch(self.state, op, request)
             parts = [dict(request, RequestItems={name: request["RequestItems"][name]}) for name in names]
             return _merge(list(await asyncio.gather(*(self.route(op, part, hops) for part in parts))))
-        if descs and (not self.router.holds(descs[0]) or any(
-                g.replica.joining for g in self.router.table_groups(descs[0]))):
+        if descs and not self.router.serves(descs[0]):
             # Placed elsewhere, or placed here so lately that this node still waits for state.
             return await self._to_hosts(descs[0], op, request, hops)
         if op in _CATALOG_READS:
@@ -358,7 +361,12 @@ class Routing:
                 if leader is not None and leader != self.node_id and leader in self.addresses:
                     if hops >= FORWARD_HOPS_MAX:
                         raise ServiceUnavailable(f"request forwarded {hops} times without reaching a leader")
-                    answer = await self._forward(group, leader, op, request, hops + 1)
+                    try:
+                        answer = await self._forward(group, leader, op, request, hops + 1)
+                    except InternalServerError:
+                        if op not in _RETRIED:
+                            raise
+                        answer = None  # a read changes nothing: ask the next leader
                     if answer is not None:
                         return answer
             if time.monotonic() > deadline:
@@ -437,27 +445,30 @@ class Routing:
         desc = self.router.table(request["table"])
         if desc is None:
             return {"desc": None, "partitions": None}
-        if self.router.holds(desc) and not any(g.replica.joining for g in self.router.table_groups(desc)):
+        if self.router.serves(desc):
             return {"desc": desc, "partitions": self.router.partition_map(desc), "current": True}
         stored = self.router.stored_map(desc["TableId"])
         return {"desc": desc, "partitions": [] if stored is None else stored["partitions"], "current": False}
 
     async def _reconfigure(self, request: dict) -> dict:
         group = self.router.groups[request["group"]]
-        hosts = request["hosts"]
-        missing = sorted(set(hosts) - set(group.members()))
+        hosts, logs = request["hosts"], request["logs"]
+        adding = group.next_to_add(hosts, logs)
         ready = False
-        if missing:
-            answer = await self.call_node(missing[0], "Join", {"table": request["table"], "group": group.group,
-                                                                "members": group.members()})
+        if adding is not None:
+            node, log_only = adding
+            answer = await self.call_node(node, "Join", {"table": request["table"], "group": group.group,
+                                                         "members": group.members(), "log": log_only})
             ready = answer["ready"]
-        return {"done": group.reconfigure(hosts, ready)}
+        return {"done": group.reconfigure(hosts, logs, ready)}
 
     async def _join(self, request: dict) -> dict:
         desc = self.router.table(request["table"])
-        if desc is None or not self.router.holds(desc):
+        log_only = request["log"]
+        if desc is None or self.node_id not in (self.router.log_hosts(desc["TableId"]) if log_only
+                                                else self.router.hosts(desc["TableId"])):
             return {"ready": False}  # this node's catalog does not place the table here yet
-        group = self.router.join(desc, request["group"])
+        group = self.router.join(desc, request["group"], log_only=log_only)
         for member in request["members"]:
             group.link(member)
         return {"ready": not group.replica.joining}

@@ -71,6 +71,7 @@ from collections import deque
 
 from dynstore.limits import CHECKPOINT_ENTRIES, LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT
 from dynstore.replication.errors import NotLeader
+from dynstore.replication.messages import LOG as LOG_ROLE
 from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Entries, HardState, SnapshotChunk, SnapshotMeta,
                                            decode, encode, frame_length)
 from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
@@ -358,7 +359,7 @@ class Replica:
         if not applied:
             self._apply_all(rd.committed)
         for peer, _meta in rd.snapshots:
-            self.ship_snapshot(peer)
+            self.ship_snapshot(peer)  # empty for a log member
         if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
             self._checkpoint()
         if self.core.commit != commit:
@@ -432,13 +433,16 @@ class Replica:
 
     # --- snapshots ------------------------------------------------------------------------------
 
-    def ship_snapshot(self, peer: int) -> None:
-        """Stream this replica's state to ``peer`` (one joining the group), unless already doing so."""
+    def ship_snapshot(self, peer: int, *, log_only: bool = False) -> None:
+        """Stream this replica's state to ``peer`` (one joining the group), unless already doing
+        so. A log replica (``log_only``, or a LOG member) gets the snapshot's position and
+        membership with no items: it holds the log from there, not the state."""
         if peer not in self._shipping:
             self._shipping.add(peer)
-            self._tasks.spawn(self._ship_snapshot(peer))
+            log_only = log_only or dict(self.core.members).get(peer) == LOG_ROLE
+            self._tasks.spawn(self._ship_snapshot(peer, log_only))
 
-    async def _ship_snapshot(self, peer: int) -> None:
+    async def _ship_snapshot(self, peer: int, log_only: bool = False) -> None:
         try:
             index = self.applied
             if index > self.tree.checkpoint_lsn:
@@ -447,7 +451,7 @@ class Replica:
             meta = SnapshotMeta(index, store.ballot_at(index), self.core.members_at(index))
             log.info("replica %d ships its snapshot at slot %d to %d", self.id, index, peer)
             with self.tree.snapshot() as items:
-                chunks = snapshot_chunks(items, index, SNAPSHOT_CHUNK_BYTES)
+                chunks = snapshot_chunks(iter(()) if log_only else items, index, SNAPSHOT_CHUNK_BYTES)
                 chunk = next(chunks)
                 seq = 0
                 for following in chunks:

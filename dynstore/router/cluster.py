@@ -15,7 +15,8 @@ Metadata group, applied tree (keys are bytes)::
                                    "replicas": [node ids], "leader": node id | null}, ...]}
     b"p" + TableId             ->  the table's placement: JSON {"hosts": [node ids], the nodes that
                                    hold a replica of each of its partitions (absent: every node),
-                                   "joined": [node ids] placed there after the table was created}
+                                   "joined": [node ids] placed there after the table was created,
+                                   "logs": [node ids] holding log replicas while the table heals}
 
 Placement. CreateTable (at the metadata leader) places a table on REPLICAS nodes: one in each
 of the zones with the fewest tables, and in each such zone the node with the fewest (ties to
@@ -23,9 +24,11 @@ the lowest id); a cluster of REPLICAS nodes or fewer places every table on all o
 partition split off the table keeps its placement (a split seeds the child on the parent's
 members). Healing (autoadmin) replaces a lost node in a placement (``replace_host``); the
 node taken in is listed as joined, so its replicas of groups that already ran open as
-joining (replicated.py) and wait for a snapshot, and the control plane then changes each
-group's membership to the placement (``Reconfigure``, node/routing.py). A node left out of
-a placement removes its replicas of the table. A node holds replicas only of the tables placed on it; for another table it holds the
+joining (replicated.py) and wait for a snapshot, and another node is listed under logs for
+a log replica of each group while that happens. The control plane then changes each group's
+membership to the placement (``Reconfigure``, node/routing.py), and retires the log replicas
+once every group has its new storage replica (``retire_logs``). A node left out of a
+placement (and of its logs) removes its replicas of the table. A node holds replicas only of the tables placed on it; for another table it holds the
 catalog entry alone, and the request router sends the table's requests to a node that holds it
 (``hosts``, node/routing.py).
 
@@ -76,6 +79,7 @@ import uuid
 
 import orjson
 
+from dynstore.api.errors import ServiceUnavailable
 from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
                              LOG_KEEP_ENTRIES, REPLICAS)
 from dynstore.replication.errors import StaleRange
@@ -154,22 +158,25 @@ class ClusterRouter:
         self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
         self._hosts: dict[str, tuple[bytes, dict]] = {}  # TableId -> (stored JSON, placement) last read
+        self.log_replicas_opened = 0  # log replicas this node opened for healing tables
+        self._removing: set[str] = set()  # tables whose replicas _remove is closing and deleting
         self._reconciled_at = -1  # the metadata slot applied when reconcile last ran
         # A replica that cannot be opened (a corrupt log) stops the node, as a replica's own failures do.
         self._tasks = Tasks(f"node {node_id} catalog", on_fatal)
 
     def _group(self, group: int, directory: str, table_id: str | None, child: bool = False,
-               joining: bool = False) -> ReplicaGroup:
+               joining: bool = False, log_only: bool = False) -> ReplicaGroup:
         def directory_of(other: int) -> str:
             return self._group_dir(table_id, other)
 
         def on_child(other: int) -> None:
-            if table_id not in self._removed():
+            if table_id not in self._removed() and table_id not in self._removing:
                 self._open(table_id, other, child=True)
         peers = self._peers if table_id is None else {n: self._peers[n] for n in self.hosts(table_id)}
         return ReplicaGroup(group, directory, self.node_id, peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
                             child=child, secret=self.secret, joining=joining, addresses=self._peers,
+                            log_only=log_only,
                             **self._log_sizes)
 
     async def start(self) -> None:
@@ -200,7 +207,7 @@ class ClusterRouter:
     def _placement_of(self, table_id: str) -> dict:
         stored = self.meta.replica.tree.get(_PLACEMENT + table_id.encode())
         if stored is None:
-            return {"hosts": sorted(self._peers), "joined": []}
+            return {"hosts": sorted(self._peers), "joined": [], "logs": []}
         cached = self._hosts.get(table_id)
         if cached is None or cached[0] != stored:
             cached = self._hosts[table_id] = (stored, orjson.loads(stored))
@@ -210,12 +217,22 @@ class ClusterRouter:
         """The nodes the table is placed on."""
         return self._placement_of(table_id)["hosts"]
 
+    def log_hosts(self, table_id: str) -> list[int]:
+        """The nodes holding log replicas of the table's groups while it heals."""
+        return self._placement_of(table_id)["logs"]
+
     def zone(self, node: int) -> str:
         return self._zones[node]
 
     def holds(self, desc: dict) -> bool:
         """Whether this node holds replicas of the table's partitions."""
         return self.node_id in self.hosts(desc["TableId"])
+
+    def serves(self, desc: dict) -> bool:
+        """Whether this node's replicas can serve the table now: it holds them, none still
+        waits for its first snapshot, and no older files of the table are being removed."""
+        return self.holds(desc) and desc["TableId"] not in self._removing and not any(
+            group.replica.joining for group in self._walk(desc))
 
     def _placement(self) -> list[int]:
         return place(self._zones, self.tables_on())
@@ -228,12 +245,20 @@ class ClusterRouter:
                 tables_on[node] = tables_on.get(node, 0) + 1
         return tables_on
 
-    async def replace_host(self, desc: dict, lost: int, taken: int) -> None:
-        """Place the table on ``taken`` instead of ``lost`` (at the metadata leader)."""
+    async def replace_host(self, desc: dict, lost: int, taken: int, log_at: int | None = None) -> None:
+        """Place the table on ``taken`` instead of ``lost``, with log replicas on ``log_at``
+        meanwhile (at the metadata leader)."""
         placement = self._placement_of(desc["TableId"])
-        hosts = sorted(set(placement["hosts"]) - {lost} | {taken})
-        joined = sorted(set(placement["joined"]) | {taken})
-        await self.meta.write([(_PLACEMENT + desc["TableId"].encode(), orjson.dumps({"hosts": hosts, "joined": joined}))])
+        await self._place(desc, hosts=sorted(set(placement["hosts"]) - {lost} | {taken}),
+                          joined=sorted(set(placement["joined"]) | {taken}),
+                          logs=[] if log_at is None else [log_at])
+
+    async def retire_logs(self, desc: dict) -> None:
+        placement = self._placement_of(desc["TableId"])
+        await self._place(desc, hosts=placement["hosts"], joined=placement["joined"], logs=[])
+
+    async def _place(self, desc: dict, **placement) -> None:
+        await self.meta.write([(_PLACEMENT + desc["TableId"].encode(), orjson.dumps(placement))])
 
     async def create_table(self, desc: dict) -> None:
         """Durable in the catalog, placed, and (within FORWARD_WAIT_S, when placed here) the
@@ -241,7 +266,8 @@ class ClusterRouter:
         writes at once (elsewhere the first request waits for that election)."""
         hosts = self._placement()
         await self.meta.write([(_TABLE + desc["TableName"].encode(), orjson.dumps(desc)),
-                               (_PLACEMENT + desc["TableId"].encode(), orjson.dumps({"hosts": hosts, "joined": []}))])
+                               (_PLACEMENT + desc["TableId"].encode(),
+                                orjson.dumps({"hosts": hosts, "joined": [], "logs": []}))])
         if self.node_id not in hosts:
             return
         group = self._open(desc["TableId"], table_group(desc["TableId"]))
@@ -263,14 +289,18 @@ class ClusterRouter:
     def _group_dir(self, table_id: str, group: int) -> str:
         return os.path.join(self._tables_dir, table_id, str(group))
 
-    def _open(self, table_id: str, group_id: int, *, child: bool = False) -> ReplicaGroup:
+    def _open(self, table_id: str, group_id: int, *, child: bool = False,
+              log_only: bool = False) -> ReplicaGroup:
         group = self.groups.get(group_id)
         if group is None:
             directory = self._group_dir(table_id, group_id)
             # Placed here after the table was created: a group this node did not seed itself
             # ran before, and its replica here starts by waiting for a snapshot.
-            joining = self.node_id in self._placement_of(table_id)["joined"] and not is_seeded(directory)
-            group = self.groups[group_id] = self._group(group_id, directory, table_id, child, joining)
+            joining = (log_only or self.node_id in self._placement_of(table_id)["joined"]) \
+                and not is_seeded(directory)
+            group = self.groups[group_id] = self._group(group_id, directory, table_id, child, joining, log_only)
+            if log_only:
+                self.log_replicas_opened += 1
             self._table_of[group_id] = table_id
             group.start()
         return group
@@ -279,7 +309,7 @@ class ClusterRouter:
         """This node's replicas of the table's partitions, in key order (none: the table is
         placed elsewhere)."""
         table_id = desc["TableId"]
-        if not self.holds(desc):
+        if not self.holds(desc) or table_id in self._removing:
             return []
         found, todo = [], [(b"", table_group(table_id), False)]
         while todo:
@@ -302,7 +332,7 @@ class ClusterRouter:
         """This node's replica of the group that holds item storage key ``key``, as far as this
         node's replicas know. StaleRange when the table is not placed here (it was placed
         elsewhere after the request was routed): the request is routed again."""
-        if not self.holds(desc):
+        if not self.holds(desc) or desc["TableId"] in self._removing:
             raise StaleRange(table_group(desc["TableId"]))
         group = self.groups.get(table_group(desc["TableId"])) or self._open(desc["TableId"],
                                                                              table_group(desc["TableId"]))
@@ -313,15 +343,23 @@ class ClusterRouter:
             child = max((c for c in rng.children if c[0] <= key), key=lambda c: c[0])[1]
             group = self.groups.get(child) or self._open(desc["TableId"], child, child=True)
 
-    def join(self, desc: dict, group_id: int) -> ReplicaGroup:
-        """This node's replica of a group of a table placed here, opened if it is not (a
-        group found through the control plane, before this node's replicas name it)."""
-        return self._open(desc["TableId"], group_id)
+    def join(self, desc: dict, group_id: int, *, log_only: bool = False) -> ReplicaGroup:
+        """This node's replica of a group of a table placed here (or a log replica, on a node
+        of its logs), opened if it is not (a group found through the control plane, before
+        this node's replicas name it). ServiceUnavailable while its older files are removed."""
+        if desc["TableId"] in self._removing:
+            raise ServiceUnavailable(f"the replicas of table {desc['TableName']} here are being removed")
+        return self._open(desc["TableId"], group_id, log_only=log_only)
 
     def partition_for(self, desc: dict, key: bytes) -> ReplicatedPartition:
         return self._checked(self.group_for(desc, key))
 
     def partitions(self, desc: dict) -> list[ReplicatedPartition]:
+        """This node's replicas of the table's partitions, in key order; none for a table
+        placed elsewhere (the figures a catalog change reports there), and StaleRange while
+        the files of a table placed here again are still being removed."""
+        if desc["TableId"] in self._removing:
+            raise StaleRange(table_group(desc["TableId"]))
         return [self._checked(group) for group in self._walk(desc)]
 
     def table_of_group(self, group: int) -> dict | None:
@@ -353,7 +391,7 @@ class ClusterRouter:
         """The table's partitions as this node's replicas know them (the map's "partitions")."""
         return [{"start": group.range.start.hex(), "end": None if group.range.end is None else group.range.end.hex(),
                  "group": group.group, "replicas": self.hosts(desc["TableId"]), "members": group.members(),
-                 "leader": group.leader_hint()}
+                 "logs": group.log_members(), "leader": group.leader_hint()}
                 for group in self._walk(desc)]
 
     def stored_map(self, table_id: str) -> dict | None:
@@ -371,15 +409,21 @@ class ClusterRouter:
 
     async def _remove(self, table_id: str) -> None:
         # DeleteTable and the reconcile loop may both remove a table: each takes the groups it
-        # closes out of the maps before its first await, so neither closes one twice.
+        # closes out of the maps before its first await, so neither closes one twice. No replica
+        # of the table opens until the files are gone (a table placed here again meanwhile
+        # would otherwise lose the files of its new replicas to this removal).
         doomed = [g for g, t in self._table_of.items() if t == table_id]
         closing = [self.groups.pop(g) for g in doomed]
         for group_id in doomed:
             del self._table_of[group_id]
         self._hosts.pop(table_id, None)
-        for group in closing:
-            await group.close(remove=True)
-        shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)
+        self._removing.add(table_id)
+        try:
+            for group in closing:
+                await group.close(remove=True)
+            shutil.rmtree(os.path.join(self._tables_dir, table_id), ignore_errors=True)
+        finally:
+            self._removing.discard(table_id)
 
     async def reconcile(self) -> None:
         """Open the replicas of every table in the catalog placed here; remove those of deleted
@@ -389,7 +433,8 @@ class ClusterRouter:
             desc = self.table(name)
             if desc["TableId"] not in removed:
                 self._walk(desc)
-                if not self.holds(desc) and self._movable(desc["TableId"]):
+                if not self.holds(desc) and self.node_id not in self.log_hosts(desc["TableId"]) \
+                        and self._movable(desc["TableId"]):
                     await self._remove(desc["TableId"])
         for table_id in removed:
             if table_id in self._table_of.values() or os.path.exists(os.path.join(self._tables_dir, table_id)):

@@ -58,7 +58,7 @@ from dynstore.api.operations.split import split_batches
 from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
                              REPLICA_WAL_SEGMENT_BYTES)
 from dynstore.replication.errors import NotLeader, StaleRange
-from dynstore.replication.messages import STORAGE
+from dynstore.replication.messages import LOG, STORAGE
 from dynstore.replication.paxos import LEADER, Timing
 from dynstore.replication.replica import SEED_SLOT, Replica, is_seeded, seed_replica
 from dynstore.replication.transport import Listener, Transport
@@ -99,6 +99,11 @@ class KeyRange:
                    tuple((_unhex(start), group) for start, group in record["children"]))
 
 
+def _hold_only(tree, slot: int, data: bytes) -> None:
+    """A log replica's state machine: it keeps the log and applies nothing."""
+    return None
+
+
 class ReplicaGroup:
     """Replica ``node_id`` of ``group``; ``peers`` maps node id -> replication (host, port) of
     the founding members, ``addresses`` (default ``peers``) of every node a later membership
@@ -108,7 +113,9 @@ class ReplicaGroup:
     of a split), and ``on_child(group)`` is called once a split has seeded one. ``child``
     says this group was split off another: its state then starts as a seed (SEED_SLOT).
     ``joining`` says the replica is added to a running group: it waits for a snapshot
-    (replica.py) and ``peers`` are then the members it was added to.
+    (replica.py) and ``peers`` are then the members it was added to. A ``log_only`` replica
+    (a LOG member, added while a lost replica is rebuilt elsewhere) holds the log and no
+    state: it applies nothing, serves nothing and never leads.
 
     Membership changes (``reconfigure``, at the leader) add one replica or remove one at a
     time. Every replica links to each member the log names (``_follow_members``).
@@ -118,7 +125,8 @@ class ReplicaGroup:
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
                  backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
                  child: bool = False, secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
-                 log_keep_entries: int = LOG_KEEP_ENTRIES, joining: bool = False, addresses=None):
+                 log_keep_entries: int = LOG_KEEP_ENTRIES, joining: bool = False, addresses=None,
+                 log_only: bool = False):
         self.group = group
         self.directory = directory
         self.node_id = node_id
@@ -128,13 +136,14 @@ class ReplicaGroup:
         self._on_child = on_child
         self._child = child
         self._addresses = dict(addresses if addresses is not None else peers)
+        self.log_only = log_only
         members = tuple((rid, STORAGE) for rid in sorted(peers) if not (joining and rid == node_id))
         self.transport = Transport(node_id, group, peers, self._on_message, on_fatal=on_fatal, secret=secret)
         self.replica = Replica(directory, node_id, members, self.transport.send, group=group,
                                timing=Timing(election_timeout=election_timeout,
                                              heartbeat_interval=election_timeout / 10),
                                seed=group ^ node_id, backend=backend, sync=sync, on_fatal=on_fatal,
-                               apply=self._apply, checkpoint_entries=checkpoint_entries,
+                               apply=_hold_only if log_only else self._apply, checkpoint_entries=checkpoint_entries,
                                log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES,
                                joining=joining)
         self._members_seen = None  # the membership the transport was last linked to
@@ -174,25 +183,37 @@ class ReplicaGroup:
     def members(self) -> list[int]:
         return [rid for rid, _ in self.replica.core.members]
 
-    def reconfigure(self, hosts: list[int], ready: bool) -> bool:
-        """One step, at the leader, toward the membership ``hosts``: add the first missing
-        node once ``ready`` says its replica holds a snapshot (else ship it one), or else
-        remove the first extra one (this leader last: it steps down once that commits, and the
-        others elect a leader). True once the members are ``hosts``. Busy while the previous
-        change is in flight."""
+    def log_members(self) -> list[int]:
+        return [rid for rid, role in self.replica.core.members if role == LOG]
+
+    def next_to_add(self, hosts: list[int], logs: list[int]) -> tuple[int, bool] | None:
+        """(node, as a log replica) that ``reconfigure`` adds next: log replicas first."""
+        members = set(self.members())
+        for node in sorted(set(logs) - members) + sorted(set(hosts) - members):
+            return node, node in logs
+        return None
+
+    def reconfigure(self, hosts: list[int], logs: list[int], ready: bool) -> bool:
+        """One step, at the leader, toward the membership of storage replicas ``hosts`` and
+        log replicas ``logs``: add the next missing node (``next_to_add``) once ``ready`` says
+        its replica holds a snapshot (else ship it one), or else remove the first extra one
+        (this leader last: it steps down once that commits, and the others elect a leader).
+        True once the members are those. Busy while the previous change is in flight."""
         members = dict(self.replica.core.members)
-        add = sorted(set(hosts) - set(members))
-        remove = sorted(set(members) - set(hosts), key=lambda r: (r == self.node_id, r))
-        if add:
-            self.transport.add_peer(add[0], self._addresses[add[0]])
+        wanted = {**{n: STORAGE for n in hosts}, **{n: LOG for n in logs}}
+        remove = sorted(set(members) - set(wanted), key=lambda r: (r == self.node_id, r))
+        adding = self.next_to_add(hosts, logs)
+        if adding is not None:
+            node, log_only = adding
+            self.link(node)
             if not ready:
-                self.replica.ship_snapshot(add[0])
+                self.replica.ship_snapshot(node, log_only=log_only)
                 return False
-            members[add[0]] = STORAGE
+            members[node] = wanted[node]
         elif remove:
             del members[remove[0]]
         else:
-            return set(members) == set(hosts)
+            return True
         self.replica.change_members(tuple(sorted(members.items())))
         return False
 
@@ -214,7 +235,7 @@ class ReplicaGroup:
     @property
     def seeded(self) -> bool:
         """This replica holds the group's state (a replica opened empty waits for a snapshot)."""
-        return not self.replica.joining and (not self._child or self.replica.applied >= SEED_SLOT)
+        return not self.log_only and not self.replica.joining and (not self._child or self.replica.applied >= SEED_SLOT)
 
     def _apply(self, tree, slot: int, data: bytes):
         (gen,) = _GEN.unpack_from(data)
@@ -249,7 +270,8 @@ class ReplicaGroup:
         read_barrier); returns once applied here, or False at once when ``key`` is not inside
         the group's range any more (it split meanwhile: the caller plans again)."""
         current = self.range
-        if not (current.holds(key) and key > current.start):
+        if not (current.holds(key) and key > current.start) or self.log_members():
+            # Split again; or not while a log replica stands in: it holds no state to seed from.
             return False
         members = [list(m) for m in self.replica.core.members]
         command = orjson.dumps({"key": key.hex(), "child": child, "members": members, "desc": desc})
