@@ -34,8 +34,9 @@ decides where the request runs and runs the operation there, unchanged:
 Reading one's writes through one node: every forwarded request and every answer carries,
 for the metadata group and the groups of the tables it names, the slot the sending node had
 applied (or had heard of from another node). A node looks up its catalog only after its
-metadata replica applied what it heard of, and runs an operation only after the table's
-replicas did too, waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
+metadata replica applied what it heard of, and serves an operation from its own replicas
+(an eventually consistent read, a catalog read) only after the table's replicas did too,
+waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
 heartbeat; one cut off from its leader answers from what it has; a leader has applied all
 of it already). So a table created, updated or deleted through a node is seen so by it at
 once, an eventually consistent read reflects every write acknowledged through the same
@@ -378,7 +379,11 @@ class Routing:
         """Run the operation here; Reroute and StaleRange (nothing was done) to the caller."""
         if op in self._control:
             return await self._control[op](request)
-        await self._catch_up(self._known_groups(op, request))
+        if not strong:
+            # What this node's replicas serve must reflect what it heard of. A strong request
+            # runs at its leader, which has applied everything (read_barrier): waiting here for a
+            # follower to learn of the last commit would only hold the request until a heartbeat.
+            await self._catch_up(self._known_groups(op, request))
         strong_token, vouched_token = STRONG.set(strong), VOUCHED.set(vouched)
         try:
             return await OPERATIONS[op](self.state, request)
