@@ -192,3 +192,17 @@ def test_processes_of_each_node_share_its_tables_and_survive_kill(nodes):
             pass
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_node_of_one_process_is_not_restarted_as_several(tmp_path):
+    """Replicas kept by a node of one process are not silently left behind when its entry
+    starts asking for several processes: the node refuses to start."""
+    (tmp_path / "node-1" / "meta").mkdir(parents=True)
+    addresses = tuple(NodeAddress(i, ZONES[i], ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3), processes=2)
+                      for i in ZONES)
+    path = tmp_path / "node-1.toml"
+    path.write_text(NodeConfig(1, str(tmp_path / "node-1"), addresses).dump())
+    done = subprocess.run([sys.executable, "-m", "dynstore.node.main", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "processes = 1" in done.stderr, done
+    assert sorted(os.listdir(tmp_path / "node-1")) == ["meta"]  # nothing started beside it

@@ -27,6 +27,7 @@ leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -158,6 +159,11 @@ def main(config_path: str):
     processes = config.expanded()
     if len(processes) > 1:
         from dynstore.node.supervisor import run_cluster
+        if os.path.exists(os.path.join(config.data_dir, "meta")):
+            # Its processes would start empty beside the replicas of the node it was.
+            raise click.ClickException(
+                f"{config.data_dir} holds the replicas of node {config.node_id} run as one process; set "
+                f"processes = 1 in its [[nodes]] entry, or give its processes a new data directory")
         uvloop.run(run_cluster(processes, config.data_dir, unit="processes"))
         return
     config = processes[0]
