@@ -33,6 +33,18 @@ WRITES_AGAIN_WITHIN_S = 10.0
 _SERVES = re.compile(rb"node (\d+) \(zone-[a-z]\) serves DynamoDB at (http://\S+)")
 
 
+def client_of(url: str):
+    """boto3 on one endpoint, with retries off: every failed request shows."""
+    return boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=DEVELOPMENT_ACCESS_KEY_ID,
+                        aws_secret_access_key=DEVELOPMENT_SECRET_ACCESS_KEY, config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=15))
+
+
+def status_of(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/status", timeout=5) as response:
+        return orjson.loads(response.read())
+
+
 def node_children(parent: int) -> dict[int, int]:
     """node (or member) id -> pid of each node process ``parent`` supervises now, found by the
     ``<dir>/node-<id>/node.toml`` it was started with."""
@@ -79,14 +91,10 @@ class Cluster:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
 
     def client(self, node: int):
-        return boto3.client("dynamodb", endpoint_url=self.endpoints[node], region_name="us-east-1",
-                            aws_access_key_id=DEVELOPMENT_ACCESS_KEY_ID,
-                            aws_secret_access_key=DEVELOPMENT_SECRET_ACCESS_KEY,
-                            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=15))
+        return client_of(self.endpoints[node])
 
     def status(self, node: int) -> dict:
-        with urllib.request.urlopen(f"{self.endpoints[node]}/status", timeout=5) as response:
-            return orjson.loads(response.read())
+        return status_of(self.endpoints[node])
 
     def node_pids(self) -> dict[int, int]:
         """node id -> pid of the node processes the supervisor runs now."""

@@ -12,16 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
-import boto3
-import orjson
 import pytest
-from botocore.config import Config
 
-from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
 from dynstore.node.config import NodeAddress, NodeConfig, member_id
-from test_cluster import WRITES_AGAIN_WITHIN_S, create_table, item, node_children
+from test_cluster import WRITES_AGAIN_WITHIN_S, client_of, create_table, item, node_children, status_of
 
 PROCESSES = 2
 ZONES = {1: "zone-a", 2: "zone-b", 3: "zone-c"}
@@ -97,23 +92,12 @@ def nodes(tmp_path):
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
-def client(url: str):
-    return boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id=DEVELOPMENT_ACCESS_KEY_ID, aws_secret_access_key=DEVELOPMENT_SECRET_ACCESS_KEY,
-                        config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=15))
-
-
-def status(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/status", timeout=5) as response:
-        return orjson.loads(response.read())
-
-
 def holders(endpoints: dict[int, str], table: str) -> dict[int, dict]:
     """member -> its status entry of the table's first partition, for the members holding it."""
     found = {}
     for member, url in endpoints.items():
         try:
-            entries = [p for p in status(url)["partitions"] if p["table"] == table]
+            entries = [p for p in status_of(url)["partitions"] if p["table"] == table]
         except OSError:
             continue
         if entries:
@@ -124,13 +108,13 @@ def holders(endpoints: dict[int, str], table: str) -> dict[int, dict]:
 def test_processes_of_each_node_share_its_tables_and_survive_kill(nodes):
     running, endpoints = nodes
     assert sorted(endpoints) == sorted(member_id(i, k) for i in ZONES for k in range(PROCESSES))
-    shown = status(endpoints[1])["nodes"]
+    shown = status_of(endpoints[1])["nodes"]
     assert sorted((n["id"], n["zone"]) for n in shown) == sorted(
         (f"node-{member_id(i, k)}", ZONES[i]) for i in ZONES for k in range(PROCESSES))
     tables = [f"tab{n}" for n in range(4)]
     members = list(endpoints)
     for n, table in enumerate(tables):
-        create_table(client(endpoints[members[n % len(members)]]), table)
+        create_table(client_of(endpoints[members[n % len(members)]]), table)
     placement = {}
     deadline = time.monotonic() + 30
     for table in tables:
@@ -143,10 +127,10 @@ def test_processes_of_each_node_share_its_tables_and_survive_kill(nodes):
     assert {m for hosts in placement.values() for m in hosts} == set(endpoints), placement
     for member, url in endpoints.items():
         for table in tables:
-            client(url).put_item(TableName=table, Item=item(f"via-{member}", 1, v=table))
+            client_of(url).put_item(TableName=table, Item=item(f"via-{member}", 1, v=table))
     for url in endpoints.values():
         for table in tables:
-            assert client(url).scan(TableName=table, ConsistentRead=True)["Count"] == len(endpoints)
+            assert client_of(url).scan(TableName=table, ConsistentRead=True)["Count"] == len(endpoints)
 
     # kill -9 the process leading tab0; its node starts it again while clients write through the others.
     deadline = time.monotonic() + 10
@@ -166,7 +150,7 @@ def test_processes_of_each_node_share_its_tables_and_survive_kill(nodes):
     while True:
         pk = f"after-{n}"
         try:
-            client(endpoints[others[n % len(others)]]).put_item(TableName="tab0", Item=item(pk, 2, v=pk))
+            client_of(endpoints[others[n % len(others)]]).put_item(TableName="tab0", Item=item(pk, 2, v=pk))
             acked[pk] = pk
             break
         except Exception:  # noqa: BLE001 - retried until the bound
@@ -179,12 +163,12 @@ def test_processes_of_each_node_share_its_tables_and_survive_kill(nodes):
         time.sleep(0.05)
     for n in range(20):
         pk = f"more-{n}"
-        client(endpoints[others[n % len(others)]]).put_item(TableName="tab0", Item=item(pk, 2, v=pk))
+        client_of(endpoints[others[n % len(others)]]).put_item(TableName="tab0", Item=item(pk, 2, v=pk))
         acked[pk] = pk
     deadline = time.monotonic() + 30
     while True:  # the restarted process serves again, with every acknowledged write
         try:
-            got = client(endpoints[leader]).scan(TableName="tab0", ConsistentRead=True)
+            got = client_of(endpoints[leader]).scan(TableName="tab0", ConsistentRead=True)
             found = {i["pk"]["S"] for i in got["Items"]}
             if set(acked) <= found:
                 break

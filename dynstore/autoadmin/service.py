@@ -95,8 +95,8 @@ class Autoadmin:
                 maps = await self._maps()
                 for desc, partitions in maps:
                     await self.router.publish_map(desc, partitions)
-                await self._heal(maps)
-                await self._balance(maps)
+                if await self._heal(maps):
+                    await self._balance(maps)
             except (DynamoDBError, ReplicationError, ConnectionError) as exc:
                 log.warning("autoadmin round failed, trying again next round: %s", exc)
             self.rounds += 1
@@ -122,7 +122,10 @@ class Autoadmin:
         now = self._clock()
         return {n for n in self._nodes if now - max(self._heard.get(n, 0.0), self._active_since) > self.heal_after_s}
 
-    async def _heal(self, maps: list[tuple[dict, list[dict]]]) -> None:
+    async def _heal(self, maps: list[tuple[dict, list[dict]]]) -> bool:
+        """One round of healing; True when every table was already settled: its groups' members
+        are its placement, with no log replica standing in."""
+        settled = True
         lost = self._lost()
         for desc, partitions in maps:
             table_id = desc["TableId"]
@@ -138,12 +141,14 @@ class Autoadmin:
             hosts, logs = self.router.hosts(table_id), self.router.log_hosts(table_id)
             unsettled = [p for p in partitions
                          if sorted(p["members"]) != sorted(hosts + logs) or sorted(p["logs"]) != sorted(logs)]
+            settled = settled and not unsettled and not logs
             for partition in unsettled:
                 await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
                                                           "hosts": hosts, "logs": logs})
             if logs and not unsettled:
                 log.warning("%s has its new replicas: retiring its log replicas", desc["TableName"])
                 await self.router.retire_logs(desc)
+        return settled
 
     def _log_node(self, hosts: list[int], lost: set[int]) -> int | None:
         """A live node to hold log replicas for a table healing onto ``hosts``: the one with
@@ -153,10 +158,7 @@ class Autoadmin:
         return min(free, key=lambda n: (tables_on.get(n, 0), n)) if free else None
 
     async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> None:
-        settled = all(sorted(p["members"]) == sorted(self.router.hosts(desc["TableId"])) and not p["logs"]
-                      for desc, partitions in maps for p in partitions)
-        if not settled:
-            return  # one move at a time: the last one is still under way
+        """One move at a time: called only once the last one has settled (``_heal``)."""
         lost = self._lost()
         tables_on = self.router.tables_on()
         zones: dict[str, list[int]] = {}

@@ -61,8 +61,8 @@ async def serve(config: NodeConfig) -> int:
         stopped.set()
 
     router = ClusterRouter(config.data_dir, me.id, {n.id: n.peer for n in config.nodes}, on_fatal=fatal,
-                           zones={n.id: n.zone for n in config.nodes}, secret=config.cluster_secret(), checkpoint_entries=config.checkpoint_entries,
-                           log_keep_entries=config.log_keep_entries)
+                           zones={n.id: n.zone for n in config.nodes}, secret=config.cluster_secret(),
+                           checkpoint_entries=config.checkpoint_entries, log_keep_entries=config.log_keep_entries)
     await router.start()
     host, port = me.endpoint
     state = State(router, region=config.region, address=f"{host}:{port}")

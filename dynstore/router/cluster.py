@@ -22,21 +22,21 @@ Placement. CreateTable (at the metadata leader) places a table on REPLICAS nodes
 of the zones with the fewest tables, and in each such zone the node with the fewest (ties to
 the lowest id); a cluster of REPLICAS nodes or fewer places every table on all of them. Every
 partition split off the table keeps its placement (a split seeds the child on the parent's
-members). Healing (autoadmin) replaces a lost node in a placement (``replace_host``); the
+members). A node holds replicas only of the tables placed on it; for another table it holds
+the catalog entry alone, and the request router sends the table's requests to a node that
+holds it (``hosts``, node/routing.py). Healing (autoadmin) replaces a lost node in a placement (``replace_host``); the
 node taken in is listed as joined, so its replicas of groups that already ran open as
 joining (replicated.py) and wait for a snapshot, and another node is listed under logs for
 a log replica of each group while that happens. The control plane then changes each group's
 membership to the placement (``Reconfigure``, node/routing.py), and retires the log replicas
 once every group has its new storage replica (``retire_logs``). A node left out of a
-placement (and of its logs) removes its replicas of the table. A node holds replicas only of the tables placed on it; for another table it holds the
-catalog entry alone, and the request router sends the table's requests to a node that holds it
-(``hosts``, node/routing.py).
+placement (and of its logs) removes its replicas of the table.
 
 The partition map is published by the control plane (``publish_map``, at the metadata
 leader, after each change it sees in the range records); status and operators read it.
 
-A table placed here starts as one partition, replication group ``table_group(TableId)`` (63 bits of the
-UUID, so every node names it the same without asking anyone), holding every key. A partition
+A table placed here starts as one partition, replication group ``table_group(TableId)`` (63
+bits of the UUID, so every node names it the same without asking anyone), holding every key. A partition
 splits into two groups (replicated.py): the range record in each group's tree names the groups
 split off it, so this node finds a table's partitions, in key order, by walking from the first
 group through the range records of its own replicas (``partitions``, ``partition_for``); it
@@ -83,9 +83,9 @@ from dynstore.api.errors import ServiceUnavailable
 from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
                              LOG_KEEP_ENTRIES, REPLICAS)
 from dynstore.replication.errors import StaleRange
+from dynstore.replication.replica import is_seeded
 from dynstore.replication.tasks import Tasks
 from dynstore.replication.transport import Listener
-from dynstore.replication.replica import is_seeded
 from dynstore.router.replicated import ReplicaGroup, ReplicatedPartition
 
 META_GROUP = 0
@@ -157,7 +157,7 @@ class ClusterRouter:
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
         self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
-        self._hosts: dict[str, tuple[bytes, dict]] = {}  # TableId -> (stored JSON, placement) last read
+        self._placements: dict[str, tuple[bytes, dict]] = {}  # TableId -> (stored JSON, placement) last read
         self.log_replicas_opened = 0  # log replicas this node opened for healing tables
         self._removing: set[str] = set()  # tables whose replicas _remove is closing and deleting
         self._reconciled_at = -1  # the metadata slot applied when reconcile last ran
@@ -176,8 +176,7 @@ class ClusterRouter:
         return ReplicaGroup(group, directory, self.node_id, peers, self.listener, on_fatal=self._on_fatal,
                             backend=self._backend, sync=self._sync, directory_of=directory_of, on_child=on_child,
                             child=child, secret=self.secret, joining=joining, addresses=self._peers,
-                            log_only=log_only,
-                            **self._log_sizes)
+                            log_only=log_only, **self._log_sizes)
 
     async def start(self) -> None:
         await self.listener.start()
@@ -208,9 +207,9 @@ class ClusterRouter:
         stored = self.meta.replica.tree.get(_PLACEMENT + table_id.encode())
         if stored is None:
             return {"hosts": sorted(self._peers), "joined": [], "logs": []}
-        cached = self._hosts.get(table_id)
+        cached = self._placements.get(table_id)
         if cached is None or cached[0] != stored:
-            cached = self._hosts[table_id] = (stored, orjson.loads(stored))
+            cached = self._placements[table_id] = (stored, orjson.loads(stored))
         return cached[1]
 
     def hosts(self, table_id: str) -> list[int]:
@@ -416,7 +415,7 @@ class ClusterRouter:
         closing = [self.groups.pop(g) for g in doomed]
         for group_id in doomed:
             del self._table_of[group_id]
-        self._hosts.pop(table_id, None)
+        self._placements.pop(table_id, None)
         self._removing.add(table_id)
         try:
             for group in closing:
