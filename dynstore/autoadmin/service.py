@@ -143,8 +143,14 @@ class Autoadmin:
                          if sorted(p["members"]) != sorted(hosts + logs) or sorted(p["logs"]) != sorted(logs)]
             settled = settled and not unsettled and not logs
             for partition in unsettled:
-                await self.router.control("Reconfigure", {"table": desc["TableName"], "group": partition["group"],
-                                                          "hosts": hosts, "logs": logs})
+                try:
+                    await self.router.control("Reconfigure", {"table": desc["TableName"],
+                                                              "group": partition["group"], "hosts": hosts,
+                                                              "logs": logs})
+                except (DynamoDBError, ReplicationError, ConnectionError) as exc:
+                    # One partition's leader out of reach holds back none of the others.
+                    log.warning("could not move partition %d of %s this round: %s", partition["group"],
+                                desc["TableName"], exc)
             if logs and not unsettled:
                 log.warning("%s has its new replicas: retiring its log replicas", desc["TableName"])
                 await self.router.retire_logs(desc)

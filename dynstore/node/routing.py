@@ -228,10 +228,11 @@ class Routing:
         if op in self._control:
             group = self.router.groups.get(request["group"])
             if group is None or group.replica.joining:
-                # A partition of a table placed elsewhere, or one whose replica here still
-                # waits for its first snapshot: the call runs at another of the table's nodes.
+                # A partition of a table placed elsewhere, one whose replica here still waits
+                # for its first snapshot, or one split off a partition whose replica here has
+                # not learnt of the split yet: the call runs at another of the table's nodes.
                 desc = self.router.table(request["table"])
-                if desc is None or (group is None and self.router.holds(desc)):
+                if desc is None:
                     raise ServiceUnavailable(f"replication group {request['group']} is not open here")
                 return await self._to_hosts(desc, op, request, hops)
             return await self._at_leader(group, op, request, hops)
