@@ -10,7 +10,7 @@ import pytest
 from dynstore.replication import explore
 from dynstore.replication.errors import Busy, FrameError, NotLeader
 from dynstore.replication.explore import collect, initial, settle
-from dynstore.replication.messages import (LOG, MEMBERS, STORAGE, ZERO_BALLOT, Accept, Accepted, Ballot,
+from dynstore.replication.messages import (LOG, MEMBERS, STORAGE, ZERO_BALLOT, Abdicate, Accept, Accepted, Ballot,
                                            Entries, Entry, HardState, PreVote, PreVoteReply, Prepare,
                                            Promise, SnapshotChunk, SnapshotMeta, decode, encode)
 from dynstore.replication.paxos import LEADER, Paxos, Store
@@ -25,6 +25,7 @@ EXAMPLES = [
     Accept(5, 1, 2, Ballot(3, 1), 2, Ballot(1, 0), 2, 12.5, E),
     Accepted(5, 2, 1, Ballot(3, 1), Ballot(4, 0), False, 7, 12.5),
     SnapshotChunk(5, 1, 2, Ballot(3, 1), META, 0, True, b"zstd bytes"),
+    Abdicate(5, 1, 2, Ballot(3, 1), 0),
     HardState(Ballot(3, 1), 9),
     Entries(E),
     META,
@@ -171,6 +172,49 @@ def test_membership_changes_one_at_a_time_through_the_log():
     collect(w, leader)
     settle(w, w.clock + 2)
     assert all(c.members == ((0, STORAGE), (1, STORAGE), (2, LOG)) for c in w.cores.values())
+
+
+def _deliver_all(w):
+    """Deliver every message in flight, and what they cause, with the clock standing still."""
+    while w.net:
+        m = decode(w.net[0])
+        w.net = w.net[1:]
+        w.cores[m.dst].step(m, float(w.clock))
+        collect(w, m.dst)
+
+
+def test_a_leader_hands_over_to_a_peer_holding_its_whole_log_without_waiting_an_election():
+    w = _elected()
+    old = _leader(w)
+    new = 1 - old
+    core = w.cores[old]
+    with pytest.raises(ValueError):
+        core.transfer(2, float(w.clock))  # a log replica never leads
+    core.propose(b"in flight", float(w.clock))
+    assert not core.transfer(new, float(w.clock))  # not while an entry is uncommitted
+    assert core.role == LEADER
+    collect(w, old)
+    _deliver_all(w)
+    assert core.transfer(new, float(w.clock))
+    assert core.role != LEADER and not core.lease_valid(float(w.clock))
+    with pytest.raises(NotLeader):
+        core.read(float(w.clock))
+    collect(w, old)
+    _deliver_all(w)  # no tick: the successor needs no election timeout
+    assert w.cores[new].role == LEADER
+    settle(w, w.clock + 2)
+    assert _leader(w) == new and w.cores[new].read(float(w.clock)) >= 2
+    assert all(c.store.entry(2).data == b"in flight" for c in w.cores.values())
+
+
+def test_an_abdication_of_an_older_ballot_leaves_the_lease_of_a_newer_one():
+    w = _elected()
+    leader = _leader(w)
+    follower = w.cores[1 - leader]
+    stale = Ballot(w.cores[leader].ballot.round - 1, 1 - leader)
+    follower.step(Abdicate(0, leader, 1 - leader, stale, 1 - leader), float(w.clock))
+    assert follower.role != LEADER and follower.window_until > w.clock  # still refuses other ballots
+    assert not follower.ready().messages  # and did not campaign
 
 
 def test_a_lagging_replica_gets_a_snapshot_when_its_log_is_gone():

@@ -174,7 +174,8 @@ def starts() -> list[tuple[str, World]]:
     """The states explored from: the moment both storage replicas campaign at once; and a
     group whose leader, holding a committed proposal and a lease, was cut off until the
     other storage replica's election timer fired (the leader is back, its old messages
-    and the challenger's campaign race)."""
+    and the challenger's campaign race); and the same leader handing the lead to the other
+    storage replica (its Abdicate messages in flight)."""
     election = settle(initial(), 2)
     led = settle(initial(), 5)
     leader = next(r for r, c in led.cores.items() if c.role == LEADER)
@@ -183,8 +184,11 @@ def starts() -> list[tuple[str, World]]:
     led = settle(led, 7)
     challenger = 1 - leader
     deadline = math.ceil(led.cores[challenger].election_deadline)
+    handover = pickle.loads(pickle.dumps(led))
     failover = settle(led, deadline, cut=leader)
-    return [("election", election), ("failover", failover)]
+    assert handover.cores[leader].transfer(challenger, float(handover.clock))
+    collect(handover, leader)
+    return [("election", election), ("failover", failover), ("handover", handover)]
 
 
 @dataclass

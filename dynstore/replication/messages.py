@@ -165,7 +165,18 @@ class SnapshotChunk:
     data: bytes
 
 
-Message = PreVote | PreVoteReply | Prepare | Promise | Accept | Accepted | SnapshotChunk
+@dataclass(frozen=True, slots=True)
+class Abdicate:
+    """The leader of ``ballot`` stepped down and claims no lease under it any more: a replica
+    still promised to it stops refusing other ballots, and ``successor`` campaigns at once."""
+    group: int
+    src: int
+    dst: int
+    ballot: Ballot
+    successor: int
+
+
+Message = PreVote | PreVoteReply | Prepare | Promise | Accept | Accepted | SnapshotChunk | Abdicate
 
 _FRAME = struct.Struct("<II")
 _HEADER = struct.Struct("<BBQIIQI")
@@ -188,6 +199,7 @@ _LAYOUTS = {
     Accept: (5, "qbqdE"),
     Accepted: (6, "b?qd"),
     SnapshotChunk: (7, "Mq?y"),
+    Abdicate: (8, "q"),
 }
 _RECORD_LAYOUTS = {HardState: (101, "bq"), Entries: (102, "E"), SnapshotMeta: (103, "qbm")}
 _BY_CODE = {code: (cls, layout) for cls, (code, layout) in (_LAYOUTS | _RECORD_LAYOUTS).items()}

@@ -64,6 +64,13 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   the old leader, which refuses promises while it leads, steps down once a full
   election timeout passes without a majority. Strongly consistent reads need a valid
   lease and a committed entry of the leader's own ballot (``read``).
+- Transfer: a leader hands over (``transfer``) only with every entry committed and the
+  successor holding all of them. It steps down, which ends its lease, and sends each peer
+  Abdicate(ballot): a replica still promised to that ballot stops refusing others (no lease
+  is held under it any more, and none under an older one, which was over before it was
+  elected), and the successor campaigns at once, so the group is without a leader for a
+  round trip rather than an election timeout. A lost Abdicate costs only that: the group
+  elects as after any leader's loss.
 - Membership: one change at a time (one voter added or removed) through a MEMBERS
   entry naming the membership it changes (void if that is no longer the one in force
   where it lands), in force as soon as it is in the log (every quorum is a majority of the
@@ -93,7 +100,7 @@ from dataclasses import dataclass, field
 from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, ELECTION_TIMEOUT_S,
                              HEARTBEAT_INTERVAL_S, INFLIGHT_ENTRIES_MAX, UNCOMMITTED_ENTRIES_MAX)
 from dynstore.replication.errors import Busy, NotLeader
-from dynstore.replication.messages import (COMMAND, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Accept,
+from dynstore.replication.messages import (COMMAND, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Abdicate, Accept,
                                            Accepted, Ballot, Entries, Entry, HardState, Members,
                                            PreVote, PreVoteReply, Prepare, Promise, SnapshotChunk, SnapshotMeta,
                                            decode_change, encode_change)
@@ -324,6 +331,8 @@ class Paxos:
             self._on_prevote(m, now)
         elif t is PreVoteReply:
             self._on_prevote_reply(m, now)
+        elif t is Abdicate:
+            self._on_abdicate(m, now)
         else:
             raise TypeError(f"not a message for the core: {t.__name__}")
 
@@ -349,6 +358,27 @@ class Paxos:
         change = encode_change(self.members, tuple(sorted(new.items())))
         self._change_slot = self._append_new(MEMBERS, change)
         return self._change_slot
+
+    def transfer(self, to: int, now: float) -> bool:
+        """Hand the lead to storage member ``to``: once every entry is committed and ``to``
+        holds them all, step down, giving up the lease, and send every peer Abdicate, on which
+        ``to`` campaigns at once. False, with nothing changed, while that does not hold yet
+        (``to`` is sent what it lacks): the shell asks again."""
+        self._last_now = now
+        if self.role != LEADER:
+            raise NotLeader(self.id, self.leader)
+        if to == self.id or _role(to, self.members) != STORAGE:
+            raise ValueError(f"replica {to} is not another storage member of {self.members}")
+        store, pr = self.store, self._progress_of(to)
+        if self._change_slot or store.commit != store.last_slot or pr.match != store.last_slot:
+            if pr.next <= store.last_slot:
+                self._send_append(to)
+            return False
+        ballot = self.ballot
+        self._become_follower(now)
+        for peer in self._peers():
+            self._send(Abdicate(self.group, self.id, peer, ballot, to))
+        return True
 
     def read(self, now: float) -> int:
         """Slot a strongly consistent read must see applied before it is served."""
@@ -465,6 +495,17 @@ class Paxos:
         if min(m.commit, match) > store.commit:
             store.commit = min(m.commit, match)
         self._send(Accepted(self.group, self.id, m.src, m.ballot, m.ballot, True, match, m.ts))
+
+    def _on_abdicate(self, m: Abdicate, now: float) -> None:
+        # Whoever holds a lease holds it under the ballot promised here (a ballot is elected only
+        # once the windows of the one before ran out): if that leader gave it up, none is held.
+        if m.ballot != self.store.promised:
+            return
+        self.window_until = min(self.window_until, now)
+        if self.leader == m.src:
+            self.leader = None
+        if m.successor == self.id and self._can_lead():
+            self._campaign(now)
 
     # --- campaign ---------------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ class Faults:
     partition: float = 0.002
     bitflip: float = 0.0003
     swap: float = 0.0005  # the operator starts replacing a storage replica by a log replica and back
+    transfer: float = 0.005  # the operator asks the leader to hand the lead to another storage replica
     # Per leader write whose Accepts went out first: the disk stalls on it, the leader crashes
     # before it completes and loses it, and the peer holding most of the log is cut off for a
     # while, so the next majority may be the restarted leader and a peer lacking those entries.
@@ -380,7 +381,7 @@ class Sim:
         self.seq = 0
         self.stats = {k: 0 for k in ("messages", "dropped", "duplicated", "corrupted_frames", "crashes",
                                      "disk_corruptions_detected", "partitions", "elections", "swaps",
-                                     "snapshots_installed", "leader_unsynced_crashes")}
+                                     "transfers", "snapshots_installed", "leader_unsynced_crashes")}
         self.chosen: dict[int, tuple] = {}  # slot -> (kind, data) of every slot seen committed
         self.history: list[Op] = []
         self.eventual: list[tuple[str, str | None]] = []
@@ -624,6 +625,21 @@ class Sim:
                     self.after(rng.uniform(0.1, 3.0), ("restart", node.id))
         elif r < (f.crash + f.partition + f.bitflip + f.swap) and self.plan is None:
             self.start_swap()
+        elif r < (f.crash + f.partition + f.bitflip + f.swap + f.transfer):
+            self.transfer()
+
+    def transfer(self) -> None:
+        """Ask a leader to hand the lead to a storage peer (done only once that one holds the whole
+        log, and only at the moment asked: a leader with entries in flight declines)."""
+        leader = next((n for n in self.nodes.values() if n.alive and n.core.role == LEADER), None)
+        if leader is None:
+            return
+        peers = [r for r, role in leader.core.members if role == STORAGE and r != leader.id]
+        if not peers:
+            return
+        if leader.core.transfer(self.rng.choice(peers), leader.local(self.now)):
+            self.stats["transfers"] += 1
+        leader.flush()
 
     def crash_unsynced(self, node: Node) -> None:
         """Crash a node, losing every frame not yet synced, and cut off the peer holding the
