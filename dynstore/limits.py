@@ -318,6 +318,11 @@ FORWARD_HOPS_MAX = 4
 # A forwarded request not answered this long is reported as an InternalServerError (outcome
 # unknown): it is longer than a leader takes to step down and fail its pending writes.
 FORWARD_TIMEOUT_S = 10 * ELECTION_TIMEOUT_S
+# A node that held a forwarded request when its group elected another leader may still answer:
+# one that handed its lead over, or lost it while in touch, sends the request on to the new
+# leader within a round trip or two. One cut off never answers, so the wait for it ends this
+# long after the change is seen, a fraction of the election that came before.
+FORWARD_MOVED_GRACE_S = ELECTION_TIMEOUT_S / 2
 # A node-addressed control call (the control plane's Load, Map and Join) not answered this long
 # counts as the node not answering: each is answered from memory in microseconds, so a node
 # that takes this long is stopped or cut off, and the control plane's round must go on.
@@ -357,6 +362,15 @@ REPLICAS = 3
 # (under a second here, plus a few seconds of recovery), which is cheaper than copying its
 # partitions elsewhere; short enough that a second failure in a group is unlikely to come first.
 HEAL_AFTER_S_DEFAULT = 30.0
+# A partition's leader hands the lead to another replica (to even out leaders across nodes) only
+# at an instant with none of its writes in flight; under load such instants come every few
+# milliseconds. It looks for one this often, for at most this long, then the control plane tries
+# again next round.
+TRANSFER_POLL_S = 0.001
+TRANSFER_WAIT_S = 0.5
+# Leaders are evened out once a node leads this many partitions more than another node that
+# holds a replica of one of them: one more would move a lead back and forth.
+LEADERS_IMBALANCE_MIN = 2
 # How often the split loop reads each partition's size: the statistics are in memory, so a round
 # costs microseconds per partition, and a second is far shorter than a partition takes to grow
 # by a noticeable part of the split size.

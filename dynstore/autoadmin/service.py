@@ -30,7 +30,13 @@ leader takes over within an election). Each round it:
 * balances: when no partition is moving, a table is moved from the live node of a zone with
   the most tables to the one with the fewest, once they differ by two or more (a node back
   after it was replaced, or one added), the same way as healing moves it. A group whose
-  leader is the node moved away loses its leader when the change commits, and elects another.
+  leader is the node moved away loses its leader when the change commits, and elects another;
+* evens out leaders, when no table moves: writes and strongly consistent reads run at a
+  partition's leader, so a node leading most partitions does most of the work (as after a
+  restart, when the others won every election). One partition a round is handed (the
+  Transfer call) from the node leading the most to the member leading the fewest, once they
+  differ by LEADERS_IMBALANCE_MIN; the leader hands over at an instant with no write in flight,
+  and the group has no leader for a round trip (replication/paxos.py "Transfer").
 
 It is never on the request path: a failed round changes nothing a client sees, is logged,
 and is tried again in the next one.
@@ -95,8 +101,8 @@ class Autoadmin:
                 maps = await self._maps()
                 for desc, partitions in maps:
                     await self.router.publish_map(desc, partitions)
-                if await self._heal(maps):
-                    await self._balance(maps)
+                if await self._heal(maps) and not await self._balance(maps):
+                    await self._even_leaders(maps)
             except (DynamoDBError, ReplicationError, ConnectionError) as exc:
                 log.warning("autoadmin round failed, trying again next round: %s", exc)
             self.rounds += 1
@@ -163,8 +169,9 @@ class Autoadmin:
         tables_on = self.router.tables_on()
         return min(free, key=lambda n: (tables_on.get(n, 0), n)) if free else None
 
-    async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> None:
-        """One move at a time: called only once the last one has settled (``_heal``)."""
+    async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> bool:
+        """One move at a time: called only once the last one has settled (``_heal``). True if
+        it started one."""
         lost = self._lost()
         tables_on = self.router.tables_on()
         zones: dict[str, list[int]] = {}
@@ -182,6 +189,30 @@ class Autoadmin:
                     log.warning("moving %s from node %d to node %d to even out the tables", desc["TableName"],
                                 most, least)
                     await self.router.replace_host(desc, most, least)
+                    return True
+        return False
+
+    async def _even_leaders(self, maps: list[tuple[dict, list[dict]]]) -> None:
+        """Hand one partition's lead from the node leading the most partitions to the storage
+        member of that partition leading the fewest, once they differ by LEADERS_IMBALANCE_MIN
+        (a node that restarted leads nothing until then: every election was won by the others)."""
+        lost = self._lost()
+        led: dict[int, list] = {}
+        for desc, partitions in maps:
+            for p in partitions:
+                if p["leader"] is not None:
+                    led.setdefault(p["leader"], []).append((desc, p))
+        def count(node: int) -> int:
+            return len(led.get(node, ()))
+        for node in sorted(led, key=count, reverse=True):
+            for desc, p in led[node]:
+                members = [m for m in p["members"] if m not in p["logs"] and m not in lost]
+                to = min(members, key=lambda m: (count(m), m), default=node)
+                if count(node) - count(to) >= limits.LEADERS_IMBALANCE_MIN:
+                    log.info("node %d leads %d partitions, node %d %d: handing it the lead of partition %d of %s",
+                             node, count(node), to, count(to), p["group"], desc["TableName"])
+                    await self.router.control("Transfer", {"table": desc["TableName"], "group": p["group"],
+                                                           "to": to})
                     return
 
     def _replacement(self, hosts: list[int], gone: int, lost: set[int]) -> int | None:

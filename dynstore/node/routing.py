@@ -67,6 +67,8 @@ and the control calls between nodes, each run at the leader of the group it name
     {"id", "op": "Reconfigure", "request": {"table", "group", "hosts", "logs"}, "hops"} -> result {"done": bool}
         (one membership change toward storage replicas ``hosts`` and log replicas ``logs``; a
         node added must first answer Join ready)
+    {"id", "op": "Transfer", "request": {"table", "group", "to"}, "hops"} -> result {"moved": bool}
+        (the leader hands the lead to storage member ``to``, replica.py ``transfer``)
 
 and one answered by the node it is sent to (the control plane's readings of each node)::
 
@@ -94,7 +96,7 @@ from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnava
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
 from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
-                             FORWARD_HOPS_MAX, FORWARD_POLL_S, FORWARD_WAIT_S)
+                             FORWARD_HOPS_MAX, FORWARD_MOVED_GRACE_S, FORWARD_POLL_S, FORWARD_WAIT_S)
 from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
@@ -211,7 +213,8 @@ class Routing:
         # TableId of a table placed elsewhere -> {group: the highest slot its nodes reported}.
         self._heard_elsewhere: dict[str, dict[str, int]] = {}
         self.operations = {op: self._entry(op) for op in OPERATIONS}
-        self._control = {"ReadIndex": self._read_index, "Split": self._split, "Reconfigure": self._reconfigure}
+        self._control = {"ReadIndex": self._read_index, "Split": self._split, "Reconfigure": self._reconfigure,
+                         "Transfer": self._transfer}
         self._node_control = {"Load": self._load, "Map": self._map, "Join": self._join}
 
     def _entry(self, op: str):
@@ -468,6 +471,12 @@ class Routing:
             ready = answer["ready"]
         return {"done": group.reconfigure(hosts, logs, ready)}
 
+    async def _transfer(self, request: dict) -> dict:
+        group, to = self.router.groups[request["group"]], request["to"]
+        if to == self.node_id or to not in group.members() or to in group.log_members():
+            return {"moved": False}  # led here already, or not a storage member (any more)
+        return {"moved": await group.transfer(to)}
+
     async def _join(self, request: dict) -> dict:
         desc = self.router.table(request["table"])
         log_only = request["log"]
@@ -490,14 +499,21 @@ class Routing:
         """The answer of ``node`` to the request; None when ``node`` cannot be reached (nothing
         was sent, so the caller may try again).
 
-        The wait ends early when ``group`` elects another leader: a node cut off from its peers
-        neither answers nor commits, and waiting out FORWARD_TIMEOUT_S would keep the request
-        from the new leader for that long.
+        The wait ends early, FORWARD_MOVED_GRACE_S after ``group`` elects another leader: a
+        node cut off from its peers neither answers nor commits, and waiting out
+        FORWARD_TIMEOUT_S would keep the request from the new leader for that long; a node that
+        handed its lead over answers within the grace, from the new leader.
         """
+        moved_at = None
+
         def moved() -> str | None:
-            if group.is_leader() or group.leader_hint() not in (None, node):
-                return f"node {node} stopped leading while it held the request"
-            return None
+            nonlocal moved_at
+            if not (group.is_leader() or group.leader_hint() not in (None, node)):
+                return None
+            moved_at = moved_at or time.monotonic()
+            if time.monotonic() - moved_at < FORWARD_MOVED_GRACE_S:
+                return None
+            return f"node {node} stopped leading while it held the request"
         self.forwarded += 1
         answer = await self.links.call(node, op, request, hops, give_up=moved,
                                        applied=self._applied(op, request))

@@ -297,6 +297,13 @@ class Replica:
         self._schedule_flush()
         return slot
 
+    def transfer(self, to: int) -> bool:
+        """Hand the lead to storage member ``to`` if no proposal of this leader waits and the
+        core agrees (paxos.py ``transfer``); False, with nothing changed, otherwise."""
+        moved = not self._waiting and self.core.transfer(to, self.clock())
+        self._schedule_flush()  # the Abdicate messages, or what ``to`` lacks
+        return moved
+
     async def read_barrier(self) -> None:
         """Return once this replica may serve a strongly consistent read: it leads under a
         valid lease and has applied everything committed when the read arrived."""

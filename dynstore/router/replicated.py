@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
@@ -56,7 +57,7 @@ import orjson
 from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import split_batches
 from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
-                             REPLICA_WAL_SEGMENT_BYTES)
+                             REPLICA_WAL_SEGMENT_BYTES, TRANSFER_POLL_S, TRANSFER_WAIT_S)
 from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import LOG, STORAGE
 from dynstore.replication.paxos import LEADER, Timing
@@ -285,6 +286,16 @@ class ReplicaGroup:
 
     def leader_hint(self) -> int | None:
         return self.replica.core.leader
+
+    async def transfer(self, to: int) -> bool:
+        """Hand the lead to member ``to`` at the first instant this leader has no write in
+        flight and ``to`` holds its whole log, within TRANSFER_WAIT_S; True if it did."""
+        deadline = time.monotonic() + TRANSFER_WAIT_S
+        while self.is_leader() and time.monotonic() < deadline:
+            if not self._writes and self.replica.transfer(to):
+                return True
+            await asyncio.sleep(TRANSFER_POLL_S)
+        return False
 
     async def read_barrier(self) -> None:
         await self.replica.read_barrier()
