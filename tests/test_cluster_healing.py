@@ -95,6 +95,11 @@ def test_a_lost_node_is_replaced_by_a_new_replica_of_every_partition(cluster):
                 time.sleep(0.2)
             print(f"healed in {time.monotonic() - stopped_at:.1f} s: {len(mine)} partitions on {new_hosts}, "
                   f"log replicas seen at once: {log_replicas_seen}")
+            # The lost node's links are dropped, though its stopped process keeps its sockets open.
+            deadline = time.monotonic() + 5
+            while any(lost in g["links"] for n in new_hosts for g in groups_of(cluster, n, "healed").values()):
+                assert time.monotonic() < deadline, {n: summary(n, groups_of(cluster, n, "healed")) for n in new_hosts}
+                time.sleep(0.2)
             # Log replicas stood in (a partition split off once the table had healed needed none).
             assert log_replicas_seen >= 1
             assert sum(cluster.status(n)["log_replicas_opened"] for n in cluster.endpoints if n != lost) >= 1

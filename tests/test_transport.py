@@ -150,6 +150,27 @@ def test_restarted_peer_is_redialled():
     run(main())
 
 
+def test_a_peer_removed_is_no_longer_linked_nor_dialled():
+    async def main():
+        peers, (a, b, c) = await cluster()
+        for node in (a, b):  # each dialled 3 (the lower id dials)
+            node.transport.remove_peer(3)
+        await wait_for(lambda: 3 not in a.transport.connected() + b.transport.connected())
+        # Started again, 3 is dialled by neither.
+        await c.transport.close()
+        c2 = Node(3, peers)
+        await c2.transport.start()
+        await asyncio.sleep(0.5)
+        assert 3 not in a.transport.connected() + b.transport.connected()
+        assert c2.transport.stats["connects"] == 0
+        a.transport.send(accept(1, 3, 1))
+        assert a.transport.stats["unconnected"] >= 1
+        a.transport.send(accept(1, 2, 1))  # the others still talk
+        await wait_for(lambda: b.inbox)
+        await close_all((a, b, c2))
+    run(main())
+
+
 async def _dialled(host: str, port: int, group: int, replica: int, secret: bytes = SECRET):
     reader, writer = await asyncio.open_connection(host, port)
     await handshake.dial(reader, writer, secret, group, replica)

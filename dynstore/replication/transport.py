@@ -145,6 +145,7 @@ class Transport:
         self.faults = faults if faults is not None else Faults()
         self.stats: Counter = Counter()
         self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._dialers: dict[int, asyncio.Task] = {}  # peer -> the task that keeps the link open
         self._tasks = Tasks(f"replica {replica_id} transport", on_fatal)
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,7 +161,7 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         for peer in self.peers:
             if peer > self.id:
-                self._tasks.spawn(self._dial_forever(peer))
+                self._dialers[peer] = self._tasks.spawn(self._dial_forever(peer))
 
     def add_peer(self, peer: int, address: tuple[str, int]) -> None:
         """Link to a replica that joined the group (the one of lower id dials, as in ``dial``)."""
@@ -168,7 +169,18 @@ class Transport:
             return
         self.peers[peer] = address
         if self._loop is not None and peer > self.id:
-            self._tasks.spawn(self._dial_forever(peer))
+            self._dialers[peer] = self._tasks.spawn(self._dial_forever(peer))
+
+    def remove_peer(self, peer: int) -> None:
+        """Drop the link to a replica that left the group, and stop dialling it."""
+        if peer == self.id or self.peers.pop(peer, None) is None:
+            return
+        dialer = self._dialers.pop(peer, None)
+        if dialer is not None:
+            dialer.cancel()
+        writer = self._writers.pop(peer, None)
+        if writer is not None:
+            writer.close()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -119,7 +119,7 @@ class ReplicaGroup:
     state: it applies nothing, serves nothing and never leads.
 
     Membership changes (``reconfigure``, at the leader) add one replica or remove one at a
-    time. Every replica links to each member the log names (``_follow_members``).
+    time. Every replica links to each member the log names, and only to those (``_follow_members``).
     """
 
     def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
@@ -169,12 +169,16 @@ class ReplicaGroup:
         self._follow_members()
 
     def _follow_members(self) -> None:
-        """Link to every member the log names that this replica has no link to yet."""
+        """Link to every member the log names that this replica has no link to yet, and drop
+        the links to replicas it no longer names (a change the log loses again links back)."""
         members = self.replica.core.members
         if members is not self._members_seen:
             self._members_seen = members
-            for rid, _ in members:
+            named = {rid for rid, _ in members}
+            for rid in named:
                 self.link(rid)
+            for rid in set(self.transport.peers) - named:
+                self.transport.remove_peer(rid)
 
     def link(self, rid: int) -> None:
         """Link to replica ``rid`` (a member a joining replica is told of)."""
@@ -363,7 +367,7 @@ class ReplicaGroup:
     def status(self) -> dict:
         rng = self.range
         return dict(self.replica.status(), group=self.group, start=_hex(rng.start), end=_hex(rng.end),
-                    gen=rng.gen, seeded=self.seeded)
+                    gen=rng.gen, seeded=self.seeded, links=self.transport.connected())
 
     async def close(self, *, remove: bool = False) -> None:
         """Stop after the writes in flight; ``remove`` deletes the replica's files (the
