@@ -310,6 +310,14 @@ cdef class NativeBTree:
     cdef size_t fresh_bytes
     cdef list deferred              # [(freeing generation, array of pages)] kept for snapshots
     cdef dict snapshots             # generation -> open snapshots
+    # A checkpoint under way (checkpoint_begin .. checkpoint_end): 1 its pages are written, 2 its
+    # meta page too; the generation, LSN and root it makes durable, its meta page image, the
+    # pages it frees once durable and the pages holding its free list.
+    cdef int ck_state
+    cdef uint64_t ck_gen, ck_lsn
+    cdef uint32_t ck_root
+    cdef uint8_t ck_meta[PAGE]
+    cdef U32Vec ck_pending, ck_fl
     # Scratch space of one operation (the tree is used from one thread).
     cdef int32_t path_frame[HEIGHT_MAX]   # pinned frames from the root down
     cdef int32_t path_index[HEIGHT_MAX]   # child index taken at each internal level
@@ -379,6 +387,9 @@ cdef class NativeBTree:
         vec_free(&self.reusable)
         vec_free(&self.pending)
         vec_free(&self.freelist_pages)
+        vec_free(&self.ck_pending)
+        vec_free(&self.ck_fl)
+        self.ck_state = 0
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -442,29 +453,33 @@ cdef class NativeBTree:
         return (rd64(p + 24), rd64(p + 48), rd32(p + 56), rd32(p + 60), rd32(p + 64), rd32(p + 68),
                 rd64(p + 72), rd32(p + 80))
 
+    cdef void fill_meta(self, uint8_t *p, uint32_t slot, uint64_t gen, uint64_t lsn, uint32_t fl_head,
+                        uint32_t fl_count) noexcept:
+        """The image of meta slot ``slot`` for the tree as it is now."""
+        memset(p, 0, PAGE)
+        p[4] = TYPE_META
+        wr32(p + 8, slot)
+        wr64(p + 24, gen)
+        memcpy(p + 32, <const char *>MAGIC, 8)
+        wr32(p + 40, FORMAT_VERSION)
+        wr32(p + 44, PAGE)
+        wr64(p + 48, lsn)
+        wr32(p + 56, self.root)
+        wr32(p + 60, self.page_count)
+        wr32(p + 64, fl_head)
+        wr32(p + 68, fl_count)
+        wr64(p + 72, self.items)
+        wr32(p + 80, self.height)
+        wr32(p, ds_crc32c(0, p + 4, PAGE - 4))
+
     cdef int write_meta(self, uint64_t gen, uint64_t lsn, uint32_t fl_head, uint32_t fl_count) except -1:
         """Write meta slot gen % 2 (both slots for generation 0, the new file)."""
-        cdef uint8_t *p = self.io_buf
         cdef uint32_t slot
         for slot in range(2):
             if gen and slot != gen % 2:
                 continue
-            memset(p, 0, PAGE)
-            p[4] = TYPE_META
-            wr32(p + 8, slot)
-            wr64(p + 24, gen)
-            memcpy(p + 32, <const char *>MAGIC, 8)
-            wr32(p + 40, FORMAT_VERSION)
-            wr32(p + 44, PAGE)
-            wr64(p + 48, lsn)
-            wr32(p + 56, self.root)
-            wr32(p + 60, self.page_count)
-            wr32(p + 64, fl_head)
-            wr32(p + 68, fl_count)
-            wr64(p + 72, self.items)
-            wr32(p + 80, self.height)
-            wr32(p, ds_crc32c(0, p + 4, PAGE - 4))
-            self._pwrite_all(p, <uint64_t>slot * PAGE)
+            self.fill_meta(self.io_buf, slot, gen, lsn, fl_head, fl_count)
+            self._pwrite_all(self.io_buf, <uint64_t>slot * PAGE)
         return 0
 
     # --- pages on disk ---------------------------------------------------------------------
@@ -490,7 +505,7 @@ cdef class NativeBTree:
 
     cdef int write_page(self, uint8_t *p, uint32_t pno) except -1:
         wr32(p + 8, pno)
-        wr64(p + 24, self.gen + 1)
+        wr64(p + 24, self.gen + 1 + (self.ck_state != 0))  # the checkpoint that will reference it
         wr32(p, ds_crc32c(0, p + 4, PAGE - 4))
         return self._pwrite_all(p, <uint64_t>pno * PAGE)
 
@@ -889,7 +904,8 @@ cdef class NativeBTree:
             "backend": self.backend,
             "page_bytes": PAGE,
             "pages": self.page_count,
-            "free_pages": self.reusable.len + self.pending.len + sum(len(p) for _, p in self.deferred),
+            "free_pages": self.reusable.len + self.pending.len + self.ck_pending.len
+                          + sum(len(p) for _, p in self.deferred),
             "items": self.items,
             "height": self.height,
             "generation": self.gen,
@@ -1243,13 +1259,35 @@ cdef class NativeBTree:
 
     def checkpoint(self, uint64_t lsn):
         """Make the current state durable as of lsn; a crash after this returns reopens it."""
+        self.checkpoint_begin(lsn)
+        self.sync_data()
+        self.checkpoint_seal()
+        self.sync_data()
+        self.checkpoint_end()
+
+    def fileno(self):
         self._check_open()
+        return self.fd
+
+    def sync_data(self):
+        """fdatasync the file. It releases the GIL and touches nothing else of the tree, so it
+        may run in another thread while this one goes on using the tree (not closing it)."""
+        self._check_open()
+        self.sync()
+
+    def checkpoint_begin(self, uint64_t lsn):
+        """Write the current state, as of lsn, to pages no durable checkpoint uses, and its free
+        list; the tree then goes on taking changes (copying those pages). After sync_data,
+        checkpoint_seal writes its meta page; after sync_data again, checkpoint_end makes it the
+        checkpoint a reopen finds. A crash or close before then reopens the previous one."""
+        self._check_open()
+        if self.ck_state:
+            raise ValueError("a checkpoint is already under way")
         if lsn < self.ckpt_lsn:
             raise ValueError(f"checkpoint lsn {lsn} is below the last checkpoint's {self.ckpt_lsn}")
-        cdef uint32_t f, ndirty = 0, j, head, entries
+        cdef uint32_t f, ndirty = 0, j, entries
         cdef uint64_t *dirty = <uint64_t *>malloc(self.nframes * sizeof(uint64_t) + 8)
         cdef U32Vec pending, fl, free_set
-        cdef uint64_t gen
         cdef size_t held = 0, pos
         cdef uint8_t *p = self.io_buf
         if dirty == NULL:
@@ -1295,32 +1333,55 @@ cdef class NativeBTree:
                     wr32(p + 12, fl.items[j + 1] if j + 1 < fl.len else 0)
                     memcpy(p + HEADER_BYTES, free_set.items + pos, entries * sizeof(uint32_t))
                     self.write_page(p, fl.items[j])
-                self.sync()
-                gen = self.gen + 1
-                head = fl.items[0] if fl.len else 0
-                self.write_meta(gen, lsn, head, <uint32_t>free_set.len)
-                self.sync()
             except BaseException:
                 for j in range(fl.len):
                     self.free_page(fl.items[j])
                 raise
-            self.gen, self.ckpt_lsn, self.durable_root = gen, lsn, self.root
+            self.ck_gen, self.ck_lsn, self.ck_root = self.gen + 1, lsn, self.root
+            self.fill_meta(self.ck_meta, <uint32_t>(self.ck_gen % 2), self.ck_gen, lsn, fl.items[0] if fl.len else 0,
+                           <uint32_t>free_set.len)
+            # Every page of the state written belongs to the checkpoint now: a change copies it,
+            # and a page freed from here on waits for the checkpoint after this one.
             if self.fresh_bytes:
                 memset(self.fresh, 0, self.fresh_bytes)
-            vec_free(&self.freelist_pages)
-            self.freelist_pages = fl
-            fl.items, fl.len, fl.cap = NULL, 0, 0
             self.pending.len = 0
-            if self.snapshots:
-                self.deferred.append((gen, array.array("I", [pending.items[j] for j in range(pending.len)])))
-            else:
-                for j in range(pending.len):
-                    heap_push(&self.reusable, pending.items[j])
+            self.ck_pending = pending
+            self.ck_fl = fl
+            pending.items, pending.len, pending.cap = NULL, 0, 0
+            fl.items, fl.len, fl.cap = NULL, 0, 0
+            self.ck_state = 1
         finally:
             free(dirty)
             vec_free(&pending)
             vec_free(&fl)
             vec_free(&free_set)
+
+    def checkpoint_seal(self):
+        """Write the meta page of the checkpoint begun, once its pages are durable (sync_data)."""
+        self._check_open()
+        if self.ck_state != 1:
+            raise ValueError("no checkpoint was begun, or it was sealed already")
+        self._pwrite_all(self.ck_meta, (self.ck_gen % 2) * PAGE)
+        self.ck_state = 2
+
+    def checkpoint_end(self):
+        """The sealed checkpoint's meta page is durable (sync_data): it is the last checkpoint."""
+        self._check_open()
+        if self.ck_state != 2:
+            raise ValueError("no checkpoint was sealed")
+        cdef uint32_t j
+        self.gen, self.ckpt_lsn, self.durable_root = self.ck_gen, self.ck_lsn, self.ck_root
+        vec_free(&self.freelist_pages)
+        self.freelist_pages = self.ck_fl
+        self.ck_fl.items, self.ck_fl.len, self.ck_fl.cap = NULL, 0, 0
+        if self.snapshots:
+            self.deferred.append((self.gen, array.array("I", [self.ck_pending.items[j]
+                                                              for j in range(self.ck_pending.len)])))
+        else:
+            for j in range(self.ck_pending.len):
+                heap_push(&self.reusable, self.ck_pending.items[j])
+        vec_free(&self.ck_pending)
+        self.ck_state = 0
 
     def close(self):
         """Release the file. Changes since the last checkpoint are dropped, as in a crash."""

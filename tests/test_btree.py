@@ -201,6 +201,63 @@ def test_reopen_gives_last_checkpoint(storage_backend, tmp_path):
         t.get(b"0001")
 
 
+def _churn(t, model, rng, rounds=3000):
+    """Overwrite, delete and add keys of `model` in `t` (past the pool: pages get evicted)."""
+    keys = list(model)
+    for _ in range(rounds):
+        k = rng.choice(keys) if rng.random() < 0.7 else rng.randbytes(8)
+        v = None if rng.random() < 0.2 else rng.randbytes(rng.randrange(10, 1500))
+        t.write_batch([(k, v)])
+        if v is None:
+            model.pop(k, None)
+        else:
+            model[k] = v
+
+
+@pytest.mark.parametrize("crash_after", ["begin", "seal", "end"])
+def test_a_checkpoint_in_steps_takes_changes_between_them(storage_backend, tmp_path, crash_after):
+    """checkpoint_begin writes the state of its moment; the tree takes changes (evicting pages)
+    while the file is synced; a close before the sealed meta is durable reopens the previous
+    checkpoint, after it the begun one, exactly, and never a change made after begin."""
+    path = tmp_path / "t.db"
+    t = open_tree(path)
+    rng = random.Random(crash_after)
+    model = {b"%05d" % i: rng.randbytes(300) for i in range(3000)}
+    t.write_batch(model.items())
+    t.checkpoint(1)
+    first = dict(model)
+    _churn(t, model, rng)
+    t.checkpoint_begin(2)
+    begun = dict(model)
+    with pytest.raises(ValueError):
+        t.checkpoint_begin(3)  # one at a time
+    with pytest.raises(ValueError):
+        t.checkpoint_end()  # not sealed
+    _churn(t, model, rng)
+    assert t.checkpoint_lsn == 1 and dict(t.scan()) == model
+    if crash_after != "begin":
+        t.sync_data()
+        t.checkpoint_seal()
+        _churn(t, model, rng, 500)
+        t.sync_data()
+    if crash_after == "end":
+        t.checkpoint_end()
+        assert t.checkpoint_lsn == 2
+        _churn(t, model, rng, 500)
+        t.checkpoint(3)  # the next one, as usual, frees what the begun one let go
+        t.close()
+        t = open_tree(path)
+        assert t.checkpoint_lsn == 3 and list(t.scan()) == sorted(model.items())
+        t.close()
+        return
+    t.close()
+    t = open_tree(path)
+    lsn, expected = (1, first) if crash_after == "begin" else (2, begun)
+    assert t.checkpoint_lsn == lsn and list(t.scan()) == sorted(expected.items())
+    assert t.stats()["items"] == len(expected)
+    t.close()
+
+
 def test_dirty_pages_beyond_the_pool_between_checkpoints(storage_backend, tmp_path):
     """Four times the pool written without a checkpoint: evicted dirty pages go to fresh pages."""
     path = tmp_path / "t.db"

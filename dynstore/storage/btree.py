@@ -4,7 +4,8 @@
 the native tree (``dynstore.storage._btree``, from native/btree.pyx) or the pure-Python
 reference (btree_ref.py), as chosen by ``backend`` or ``DYNSTORE_STORAGE``. Both write
 the format below and honour one contract: get / put / delete / write_batch / scan /
-bulk_load / checkpoint / snapshot / stats / close (see the storage contracts).
+bulk_load / checkpoint (at once, or in steps) / snapshot / stats / fileno / close (see the
+storage contracts).
 
 On-disk format (format version 1, little-endian, one file of 16 KiB pages)
 --------------------------------------------------------------------------
@@ -46,7 +47,12 @@ A page the last checkpoint references is never written: changing it allocates a 
 (lowest free page first, else the file grows) and frees the old one only once the next
 checkpoint is durable, and later still if an open snapshot reads it. ``checkpoint(lsn)``
 writes dirty pages and the new free list, fdatasyncs, writes the other meta slot,
-fdatasyncs. A crash at any moment (kill -9, power loss with honest fsync) reopens to the
+fdatasyncs. The same runs in steps: ``checkpoint_begin(lsn)`` writes the pages and the free
+list, ``checkpoint_seal()`` the meta slot, ``checkpoint_end()`` makes it the last checkpoint,
+with ``sync_data()`` (or an fdatasync of ``fileno()`` in another thread) before the seal and
+before the end. Between the steps the tree takes changes: the pages written belong to the
+checkpoint under way, so a change copies them, and pages freed wait for the checkpoint after
+it. A crash at any moment (kill -9, power loss with honest fsync) reopens to the
 last checkpoint whose meta write completed, exactly; pages written after it are free in
 it. Between checkpoints dirty pages may outgrow the buffer pool: eviction writes them to
 their (fresh, unreferenced) pages, so memory stays within ``cache_bytes``. A page whose

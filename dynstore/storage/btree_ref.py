@@ -198,6 +198,7 @@ class ReferenceBTree:
         self._fresh: set[int] = set()  # allocated since the last checkpoint: rewritten in place
         self._snapshots: dict[int, int] = {}  # generation -> open snapshots
         self._freelist_pages: list[int] = []  # pages holding the last checkpoint's free list
+        self._ck: dict | None = None  # the checkpoint under way (checkpoint_begin .. checkpoint_end)
         self._fd = -1
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -558,7 +559,8 @@ class ReferenceBTree:
 
     def stats(self) -> dict:
         self._check_open()
-        free = len(self._reusable) + len(self._pending) + sum(len(p) for _, p in self._deferred)
+        free = len(self._reusable) + len(self._pending) + sum(len(p) for _, p in self._deferred) \
+            + (len(self._ck["pending"]) if self._ck else 0)
         return {
             "backend": self.backend,
             "page_bytes": PAGE,
@@ -811,7 +813,27 @@ class ReferenceBTree:
 
     def checkpoint(self, lsn: int) -> None:
         """Make the current state durable as of `lsn`; a crash after this returns reopens it."""
+        self.checkpoint_begin(lsn)
+        self.sync_data()
+        self.checkpoint_seal()
+        self.sync_data()
+        self.checkpoint_end()
+
+    def fileno(self) -> int:
         self._check_open()
+        return self._fd
+
+    def sync_data(self) -> None:
+        """fdatasync the file; it may run in another thread while this one uses the tree."""
+        self._check_open()
+        self._fsync()
+
+    def checkpoint_begin(self, lsn: int) -> None:
+        """Write the current state as of `lsn` and its free list to pages no durable checkpoint
+        uses; checkpoint_seal and checkpoint_end, each after sync_data, make it durable."""
+        self._check_open()
+        if self._ck is not None:
+            raise ValueError("a checkpoint is already under way")
         if lsn < self._ckpt_lsn:
             raise ValueError(f"checkpoint lsn {lsn} is below the last checkpoint's {self._ckpt_lsn}")
         for node in sorted((n for n in self._pool.values() if n.dirty), key=lambda n: n.pno):
@@ -832,23 +854,40 @@ class ReferenceBTree:
                 link = fl_pages[j + 1] if j + 1 < len(fl_pages) else 0
                 self._seal(buf, TYPE_FREELIST, pno, len(entries), link, 0, 0, self._gen + 1)
                 self._pwrite(buf, pno * PAGE)
-            self._fsync()
-            gen = self._gen + 1
-            head = fl_pages[0] if fl_pages else 0
-            self._pwrite(self._encode_meta(gen % 2, gen, lsn, head, len(free)), (gen % 2) * PAGE)
-            self._fsync()
         except BaseException:
             for pno in fl_pages:
                 self._free(pno)
             raise
-        self._gen, self._ckpt_lsn, self._durable_root = gen, lsn, self._root
+        gen = self._gen + 1
+        meta = self._encode_meta(gen % 2, gen, lsn, fl_pages[0] if fl_pages else 0, len(free))
+        # Every page of the state written belongs to the checkpoint now: a change copies it, and
+        # a page freed from here on waits for the checkpoint after this one.
         self._fresh.clear()
-        self._freelist_pages = fl_pages
         self._pending = []
+        self._ck = {"gen": gen, "lsn": lsn, "root": self._root, "meta": meta, "pending": pending,
+                    "freelist": fl_pages, "sealed": False}
+
+    def checkpoint_seal(self) -> None:
+        """Write the begun checkpoint's meta page, once its pages are durable (sync_data)."""
+        self._check_open()
+        if self._ck is None or self._ck["sealed"]:
+            raise ValueError("no checkpoint was begun, or it was sealed already")
+        self._pwrite(self._ck["meta"], (self._ck["gen"] % 2) * PAGE)
+        self._ck["sealed"] = True
+
+    def checkpoint_end(self) -> None:
+        """The sealed checkpoint's meta page is durable (sync_data): it is the last checkpoint."""
+        self._check_open()
+        ck = self._ck
+        if ck is None or not ck["sealed"]:
+            raise ValueError("no checkpoint was sealed")
+        self._ck = None
+        self._gen, self._ckpt_lsn, self._durable_root = ck["gen"], ck["lsn"], ck["root"]
+        self._freelist_pages = ck["freelist"]
         if self._snapshots:
-            self._deferred.append((gen, pending))
+            self._deferred.append((ck["gen"], ck["pending"]))
         else:
-            for pno in pending:
+            for pno in ck["pending"]:
                 heapq.heappush(self._reusable, pno)
 
     def close(self) -> None:
