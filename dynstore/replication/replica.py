@@ -83,6 +83,20 @@ from dynstore.storage.wal import WAL
 
 log = logging.getLogger(__name__)
 
+
+async def _sync_off_loop(tree) -> None:
+    """fdatasync the tree's file in a thread, through a descriptor of its own, so that a tree
+    closed meanwhile (the replica stopping, a snapshot replacing it) leaves the thread a valid
+    one to sync and close."""
+    fd = os.dup(tree.fileno())
+
+    def sync() -> None:
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    await asyncio.to_thread(sync)
+
 WAL_HARD_STATE = 1
 WAL_ENTRIES = 2
 WAL_SNAPSHOT_META = 3
@@ -227,6 +241,7 @@ class Replica:
         self._shipping: set[int] = set()  # peers a snapshot is being streamed to
         self._tasks = Tasks(f"replica {replica_id}", on_fatal)
         self._rewriting = False
+        self._checkpointing: asyncio.Task | None = None  # the checkpoint under way
 
     def _record_of_applied(self, store: Store):
         """The record that brings the log's commit index up to a tree checkpointed past it."""
@@ -414,9 +429,29 @@ class Replica:
     # --- checkpoints and the log's size -------------------------------------------------------
 
     def _checkpoint(self) -> None:
-        self.tree.checkpoint(self.applied)
+        if self._checkpointing is None:
+            self._checkpointing = self._tasks.spawn(self._make_checkpoint())
+
+    async def _make_checkpoint(self) -> None:
+        """Checkpoint the applied tree. Only writing its pages runs on the event loop: both
+        fdatasyncs run in a thread while the replica goes on applying (the tree copies any page
+        the checkpoint holds), so a checkpoint of many scattered changes holds up no request
+        for the disk's time. Then the log before it, less LOG_KEEP_ENTRIES, is dropped."""
+        tree, lsn = self.tree, self.applied
+        try:
+            tree.checkpoint_begin(lsn)
+            await _sync_off_loop(tree)
+            if tree is not self.tree:
+                return  # a snapshot installed meanwhile replaced the tree
+            tree.checkpoint_seal()
+            await _sync_off_loop(tree)
+            if tree is not self.tree:
+                return
+            tree.checkpoint_end()
+        finally:
+            self._checkpointing = None
         self.stats["checkpoints"] += 1
-        index = self.applied - self.log_keep_entries
+        index = lsn - self.log_keep_entries
         if index > self.core.store.snap.index and not self._rewriting:
             self.core.compact(index)
             self._rewriting = True
@@ -451,9 +486,11 @@ class Replica:
 
     async def _ship_snapshot(self, peer: int, log_only: bool = False) -> None:
         try:
-            index = self.applied
-            if index > self.tree.checkpoint_lsn:
-                self.tree.checkpoint(index)
+            applied = self.applied
+            while self.tree.checkpoint_lsn < applied:
+                self._checkpoint()
+                await asyncio.wait({self._checkpointing})
+            index = self.tree.checkpoint_lsn  # the state the tree's snapshot reads
             store = self.core.store
             meta = SnapshotMeta(index, store.ballot_at(index), self.core.members_at(index))
             log.info("replica %d ships its snapshot at slot %d to %d", self.id, index, peer)
