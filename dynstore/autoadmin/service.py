@@ -196,7 +196,8 @@ class Autoadmin:
         """Hand one partition's lead from the node leading the most partitions to the storage
         member of that partition leading the fewest, once they differ by LEADERS_IMBALANCE_MIN
         (a node that restarted leads nothing until then: every election was won by the others)."""
-        lost = self._lost()
+        now = self._clock()
+        answering = {n for n in self._nodes if now - self._heard.get(n, -1e9) <= 2 * self.interval_s}
         led: dict[int, list] = {}
         for desc, partitions in maps:
             for p in partitions:
@@ -206,7 +207,11 @@ class Autoadmin:
             return len(led.get(node, ()))
         for node in sorted(led, key=count, reverse=True):
             for desc, p in led[node]:
-                members = [m for m in p["members"] if m not in p["logs"] and m not in lost]
+                # Only in a group whose every member answered the last rounds: one with a member
+                # stopped or cut off has no slack for a change of leader.
+                members = [m for m in p["members"] if m not in p["logs"]]
+                if not set(p["members"]) <= answering:
+                    continue
                 to = min(members, key=lambda m: (count(m), m), default=node)
                 if count(node) - count(to) >= limits.LEADERS_IMBALANCE_MIN:
                     log.info("node %d leads %d partitions, node %d %d: handing it the lead of partition %d of %s",

@@ -363,16 +363,14 @@ class Paxos:
         """Hand the lead to storage member ``to``: once every entry is committed and ``to``
         holds them all, step down, giving up the lease, and send every peer Abdicate, on which
         ``to`` campaigns at once. False, with nothing changed, while that does not hold yet
-        (``to`` is sent what it lacks): the shell asks again."""
+        (replication brings ``to`` up to date as ever): the shell asks again."""
         self._last_now = now
         if self.role != LEADER:
             raise NotLeader(self.id, self.leader)
         if to == self.id or _role(to, self.members) != STORAGE:
             raise ValueError(f"replica {to} is not another storage member of {self.members}")
-        store, pr = self.store, self._progress_of(to)
-        if self._change_slot or store.commit != store.last_slot or pr.match != store.last_slot:
-            if pr.next <= store.last_slot:
-                self._send_append(to)
+        store = self.store
+        if self._change_slot or store.commit != store.last_slot or self._progress_of(to).match != store.last_slot:
             return False
         ballot = self.ballot
         self._become_follower(now)

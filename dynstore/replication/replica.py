@@ -316,7 +316,8 @@ class Replica:
         """Hand the lead to storage member ``to`` if no proposal of this leader waits and the
         core agrees (paxos.py ``transfer``); False, with nothing changed, otherwise."""
         moved = not self._waiting and self.core.transfer(to, self.clock())
-        self._schedule_flush()  # the Abdicate messages, or what ``to`` lacks
+        if moved:
+            self._schedule_flush()  # the Abdicate messages
         return moved
 
     async def read_barrier(self) -> None:
