@@ -61,3 +61,11 @@ def test_a_leader_counting_its_unsynced_entries_loses_writes_and_the_check_sees_
         except sim.Failure as exc:
             failures.append(str(exc))
     assert any("chosen was" in f for f in failures), failures
+
+
+def test_seeds_that_found_bugs_keep_passing():
+    # 1168: a leader removing itself during a swap lost its lead with the removal uncommitted,
+    # after compacting an entry the remaining members held but did not know was committed; no
+    # one could lead until a replica whose removal is uncommitted was let campaign again.
+    for seed in (1168,):
+        sim.run_seed(seed, 3000)

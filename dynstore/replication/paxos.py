@@ -702,7 +702,13 @@ class Paxos:
         self.election_deadline = now + t + self.rng.random() * t
 
     def _can_lead(self) -> bool:
-        return _role(self.id, self.members) == STORAGE
+        # A storage replica whose own removal is not committed yet may still lead, as a leader
+        # that removed itself does until the change commits: it may hold entries that every
+        # remaining member lacks and that a peer has compacted away, and then only it can lead.
+        slot, members = self._configs[-1]
+        if slot > self.store.commit and _role(self.id, self.members_at(self.store.commit)) == STORAGE:
+            return True
+        return _role(self.id, members) == STORAGE
 
     def _peers(self) -> list[int]:
         return [r for r in _ids(self.members) if r != self.id]
