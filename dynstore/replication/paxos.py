@@ -78,10 +78,12 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   own ballot. Majorities of two memberships one change apart always intersect, so a
   candidate with an older membership still meets a replica that holds the newer one
   and learns it in phase 1. A leader that removed itself steps down once the change
-  commits. Log replicas vote and count in quorums but never campaign. Every replica,
-  also one added later, starts from the group's founding membership at slot 0
-  (Store.replay([SnapshotMeta(0, ZERO_BALLOT, founding)])), so all read the changes in
-  the log alike; one that joins campaigns only once the change adding it reaches it.
+  commits; one that lost its lead before that may campaign again until it commits (it
+  may hold entries the others lack and a peer compacted). Log replicas vote and count in
+  quorums but never campaign. Every replica, also one added later, starts from the
+  group's founding membership at slot 0 (Store.replay([SnapshotMeta(0, ZERO_BALLOT,
+  founding)])), so all read the changes in the log alike; one that joins campaigns only
+  once the change adding it reaches it.
 - Catch-up: every heartbeat is an Accept from the peer's next slot; a peer that lost
   some refuses it (a gap before it) and names what it has, and the leader resends from
   there. If those entries are compacted away, the leader asks the shell to ship its
