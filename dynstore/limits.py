@@ -320,9 +320,10 @@ FORWARD_HOPS_MAX = 4
 FORWARD_TIMEOUT_S = 10 * ELECTION_TIMEOUT_S
 # A node that held a forwarded request when its group elected another leader may still answer:
 # one that handed its lead over, or lost it while in touch, sends the request on to the new
-# leader within a round trip or two. One cut off never answers, so the wait for it ends this
-# long after the change is seen, a fraction of the election that came before.
-FORWARD_MOVED_GRACE_S = ELECTION_TIMEOUT_S / 2
+# leader within a round trip or two, or a few hundred milliseconds on a loaded machine of
+# many node processes. One cut off never answers, so the wait for it ends this long after the
+# change is seen: two election timeouts, as long again as the election that came before.
+FORWARD_MOVED_GRACE_S = 2 * ELECTION_TIMEOUT_S
 # A node-addressed control call (the control plane's Load, Map and Join) not answered this long
 # counts as the node not answering: each is answered from memory in microseconds, so a node
 # that takes this long is stopped or cut off, and the control plane's round must go on.
