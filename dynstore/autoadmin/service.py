@@ -203,16 +203,16 @@ class Autoadmin:
             for p in partitions:
                 if p["leader"] is not None:
                     led.setdefault(p["leader"], []).append((desc, p))
+
         def count(node: int) -> int:
             return len(led.get(node, ()))
         for node in sorted(led, key=count, reverse=True):
             for desc, p in led[node]:
                 # Only in a group whose every member answered the last rounds: one with a member
                 # stopped or cut off has no slack for a change of leader.
-                members = [m for m in p["members"] if m not in p["logs"]]
                 if not set(p["members"]) <= answering:
                     continue
-                to = min(members, key=lambda m: (count(m), m), default=node)
+                to = min((m for m in p["members"] if m not in p["logs"]), key=lambda m: (count(m), m))
                 if count(node) - count(to) >= limits.LEADERS_IMBALANCE_MIN:
                     log.info("node %d leads %d partitions, node %d %d: handing it the lead of partition %d of %s",
                              node, count(node), to, count(to), p["group"], desc["TableName"])

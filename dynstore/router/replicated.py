@@ -293,10 +293,11 @@ class ReplicaGroup:
 
     async def transfer(self, to: int) -> bool:
         """Hand the lead to member ``to`` at the first instant this leader has no write in
-        flight and ``to`` holds its whole log, within TRANSFER_WAIT_S; True if it did."""
+        flight and ``to`` holds its whole log (replica.py ``transfer``), within
+        TRANSFER_WAIT_S; True if it did."""
         deadline = time.monotonic() + TRANSFER_WAIT_S
         while self.is_leader() and time.monotonic() < deadline:
-            if not self._writes and self.replica.transfer(to):
+            if self.replica.transfer(to):
                 return True
             await asyncio.sleep(TRANSFER_POLL_S)
         return False
