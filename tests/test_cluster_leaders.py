@@ -1,4 +1,4 @@
-"""Leaders even out: `dynstore up` with three nodes and six tables.
+"""Leaders even out: `dynstore up` with three nodes and six tables; and hand-overs fail no write.
 
 Writes and strongly consistent reads run at a partition's leader. A node killed and started
 again leads nothing at first (the others won every election while it was gone), so the
@@ -6,9 +6,14 @@ control plane hands it leads, one partition a round, until no node leads two mor
 another, while clients keep writing to every table through every node and see no failed
 request.
 """
+import asyncio
+import threading
 import time
 
 from test_cluster import Writers, assert_all_present, cluster, create_table, kill_leader  # noqa: F401  (a fixture)
+
+from dynstore.node.config import NodeConfig
+from dynstore.node.links import ROUTER, NodeLinks
 
 TABLES = 6
 EVEN_WITHIN_S = 30  # a hand-over a round (1 s); the first waits for the node to be heard again
@@ -56,3 +61,57 @@ def test_a_restarted_node_is_handed_leads_until_the_nodes_lead_alike(cluster):
     for n, w in enumerate(everyone):
         cluster.leader_of(f"lead{n}")
         assert_all_present(cluster.client(victim), f"lead{n}", w.acked, consistent=True)
+
+
+HAND_OVERS = 40
+
+
+def test_writes_racing_hand_overs_are_applied_once_and_none_fails(cluster):
+    """Increments through every node while the lead of their partition moves from node to node
+    (the control plane's Transfer call, as leader evening makes it): a write cut off before
+    its proposal runs again at the next leader, and none is applied twice."""
+    create_table(cluster.client(1), "race")
+    key = {"pk": {"S": "counter"}, "sk": {"N": "0"}}
+    acked, errors, stop = [0], [], threading.Event()
+
+    def increment(node: int) -> None:
+        client = cluster.client(node)
+        while not stop.is_set():
+            try:
+                client.update_item(TableName="race", Key=key, UpdateExpression="ADD n :one",
+                                   ExpressionAttributeValues={":one": {"N": "1"}})
+            except Exception as exc:
+                errors.append((node, exc))
+                continue
+            acked[0] += 1
+
+    config = NodeConfig.load(str(cluster.directory / "node-1" / "node.toml"))
+    links = NodeLinks({n.id: n.forward for n in config.nodes}, config.cluster_secret(), ROUTER)
+
+    async def hand_over(to: int) -> bool:
+        group = cluster.status(1)["groups"]["race"]["group"]
+        answer = await links.call(1, "Transfer", {"table": "race", "group": group, "to": to}, hops=0)
+        return bool(answer and answer["ok"] and answer["result"]["moved"])
+
+    threads = [threading.Thread(target=increment, args=(node,), daemon=True) for node in (1, 2, 3) for _ in range(2)]
+    for t in threads:
+        t.start()
+    moves = 0
+    try:
+        loop = asyncio.new_event_loop()
+        deadline = time.monotonic() + 60
+        while moves < HAND_OVERS and not errors:
+            assert time.monotonic() < deadline, (moves, cluster.describe())
+            leader = cluster.leader_of("race")
+            moves += loop.run_until_complete(hand_over(leader % 3 + 1))
+            time.sleep(0.05)
+        loop.run_until_complete(links.close())
+        loop.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    got = cluster.client(2).get_item(TableName="race", Key=key, ConsistentRead=True)["Item"]
+    assert int(got["n"]["N"]) == acked[0] > HAND_OVERS, (got, acked)
+    print(f"{moves} hand-overs, {acked[0]} increments")

@@ -82,8 +82,12 @@ and one answered by the node it is sent to (the control plane's readings of each
 
 Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
 whose forwarded call loses its connection after sending, answers InternalServerError (500,
-which SDKs retry): it may or may not have taken effect. A write is never retried here,
-since a conditional or ADD update is not idempotent; a read is, at the next leader.
+which SDKs retry): it may or may not have taken effect. Such a write is not retried here,
+since a conditional or ADD update is not idempotent; a read is, at the next leader. A write
+whose replica stopped leading before the request proposed anything (a hand-over between the
+leader check and the proposal) did nothing, so it runs again, at the next leader; one whose
+leader holds its most proposals in flight (Busy) answers ProvisionedThroughputExceededException,
+which SDKs retry after a back-off. router/replicated.py's PROPOSED tells the cases apart.
 """
 from __future__ import annotations
 
@@ -92,7 +96,8 @@ import logging
 import time
 
 from dynstore.api import errors
-from dynstore.api.errors import DynamoDBError, InternalServerError, ServiceUnavailable
+from dynstore.api.errors import (DynamoDBError, InternalServerError, ProvisionedThroughputExceededException,
+                                 ServiceUnavailable)
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
 from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
@@ -102,6 +107,7 @@ from dynstore.replication import handshake
 from dynstore.replication.errors import Busy, FrameError, NotLeader, StaleRange
 from dynstore.replication.group_process import serve_frames, write_frame
 from dynstore.router.cluster import META_GROUP, STRONG, VOUCHED, Reroute
+from dynstore.router.replicated import PROPOSED
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,8 @@ _BATCHES = frozenset({"BatchGetItem", "BatchWriteItem"})
 # Requests that change nothing: one whose forwarded call was cut off (its leader stepped down)
 # is sent again to the next leader instead of answering that it may or may not have run.
 _RETRIED = _READS | _CATALOG_READS | frozenset({"ListTables", "ReadIndex"})
+_THROTTLED = ("Throughput exceeds the current capacity of your table or index: a partition's leader holds its most "
+              "writes in flight. Please try again shortly.")
 
 
 def _tables(op: str, request: dict) -> list[str]:
@@ -304,7 +312,7 @@ class Routing:
             return await self._run(op, request, strong, vouched)
         except Reroute as to:
             return await self._at_leader(self.router.groups[to.group], op, request, hops)
-        except StaleRange:
+        except (StaleRange, NotLeader):
             return await self._again(op, request, hops)
 
     async def _to_hosts(self, desc: dict, op: str, request: dict, hops: int) -> dict:
@@ -355,7 +363,7 @@ class Routing:
                     # Catalog changes read table partitions only for their figures (DescribeTable's).
                     return await self._run(op, request, group is not self.router.meta)
                 except NotLeader:
-                    pass
+                    pass  # nothing was written (_run): ask the next leader
                 except Reroute as to:
                     if to.group != group.group:
                         return await self._again(op, request, hops)
@@ -389,19 +397,24 @@ class Routing:
             # follower to learn of the last commit would only hold the request until a heartbeat.
             await self._catch_up(self._known_groups(op, request))
         strong_token, vouched_token = STRONG.set(strong), VOUCHED.set(vouched)
+        proposed_token = PROPOSED.set([])
         try:
             return await OPERATIONS[op](self.state, request)
         except NotLeader as exc:
-            if not strong:
-                raise
+            if not PROPOSED.get():
+                raise  # nothing was written: the caller routes the request again
             raise InternalServerError(f"the partition's leader changed while the request was applied; it may or "
                                       f"may not have taken effect ({exc})") from None
         except Busy as exc:
+            if not PROPOSED.get():
+                # Nothing was written: the client backs off and tries again, as DynamoDB has it.
+                raise ProvisionedThroughputExceededException(_THROTTLED) from None
             raise InternalServerError(f"the partition's leader is overloaded; it may or may not have taken "
                                       f"effect ({exc})") from None
         finally:
             STRONG.reset(strong_token)
             VOUCHED.reset(vouched_token)
+            PROPOSED.reset(proposed_token)
 
     # --- requests over several partitions ---------------------------------------------------------
 

@@ -299,11 +299,17 @@ class Replica:
     async def put(self, data: bytes) -> int:
         """Replicate one command (an encoded write batch); returns its slot once it is
         committed, durable on a quorum and applied here. NotLeader or Busy to retry."""
+        return await self.propose(data)
+
+    def propose(self, data: bytes) -> asyncio.Future:
+        """Propose one command now; the future is ``put``'s answer. NotLeader or Busy raised
+        here means nothing was proposed; NotLeader from the future, that the command may
+        still commit under the next leader."""
         slot = self.core.propose(data, self.clock())
         future = asyncio.get_running_loop().create_future()
         self._waiting[slot] = (future, data)
         self._schedule_flush()
-        return await future
+        return future
 
     def change_members(self, members: tuple) -> int:
         """Propose a membership change (one replica added or removed, at the leader); returns

@@ -18,7 +18,9 @@ Reads and writes, as partition.py asks of them:
 * ``write`` proposes the batch (one log entry, engine.encode_batch) before its first
   suspension, so it is atomic with the ``get_latest`` reads before it, and returns once
   the entry is committed on a quorum, durable and applied here. A leader that steps down
-  fails it with NotLeader: the write may still commit under the next leader.
+  fails it with NotLeader: the write may still commit under the next leader. NotLeader or
+  Busy before the proposal (the replica no longer leads, or holds too many proposals) means
+  nothing was written; ``PROPOSED`` tells the two apart for the request router.
 
 Key ranges and splits. A table's partition is a range of item storage keys [start, end); the
 group's range record (schema.RANGE_KEY in its tree, JSON ``{"start", "end", "gen", "children":
@@ -45,6 +47,7 @@ leader wrote it, never kept from a tree that was still catching up.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import shutil
 import struct
 import time
@@ -65,6 +68,9 @@ from dynstore.replication.replica import SEED_SLOT, Replica, is_seeded, seed_rep
 from dynstore.replication.transport import Listener, Transport
 from dynstore.storage.engine import decode_batch, encode_batch
 
+# The groups the running request proposed to (the request router sets a list per request): a
+# request whose leader stepped down before it proposed anything did nothing, and runs again.
+PROPOSED: contextvars.ContextVar[list | None] = contextvars.ContextVar("PROPOSED", default=None)
 _GEN = struct.Struct("<Q")
 
 
@@ -345,7 +351,11 @@ class ReplicaGroup:
         self._writes[done] = keys
         applied = False
         try:
-            slot = await self.replica.put(_GEN.pack(self.range.gen) + encode_batch(ops))
+            proposal = self.replica.propose(_GEN.pack(self.range.gen) + encode_batch(ops))
+            proposed = PROPOSED.get()
+            if proposed is not None:
+                proposed.append(self.group)
+            slot = await proposal
             applied = True
             return slot
         finally:
