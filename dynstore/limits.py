@@ -237,6 +237,10 @@ INFLIGHT_ENTRIES_MAX = 4 * ACCEPT_ENTRIES_MAX
 # Proposals a leader holds uncommitted before refusing more (retryable): bounds its memory and
 # how much work is in doubt when it fails.
 UNCOMMITTED_ENTRIES_MAX = 16 * ACCEPT_ENTRIES_MAX
+# Slots a replica's recorded commit index may lag behind its own when no other record is written:
+# the record costs a sync of its own then, and a replica that restarts with it behind learns the
+# rest from the leader (a leader's next entries, a follower's next Accept carry it for free).
+COMMIT_RECORD_LAG_MAX = 64
 # Largest message frame accepted from the network; a snapshot chunk is 1 MiB of compressed data
 # and an Accept of ACCEPT_ENTRIES_MAX batches fits as well.
 FRAME_BYTES_MAX = 64 * 1024 * 1024

@@ -15,7 +15,10 @@ shell calls ``ready()``, which hands back a ``Ready``:
                 once, if apply_first (after those of earlier Readys)
     apply_first every committed entry is already durable in this replica's log (a leader's
                 own, counted only once durable): they need not wait for this Ready's
-                HardState, which only records how far the commit index got
+                HardState, which only records how far the commit index got. That record
+                rides along with other records, and is written alone only every
+                COMMIT_RECORD_LAG_MAX slots or for a committed membership change: a commit
+                index found behind at recovery is learnt again from the leader
     snapshots   (peer, meta): that peer needs our snapshot, the log it lacks is gone
     durable     a token to hand back to ``persisted`` once this Ready's persist is durable
 
@@ -99,7 +102,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, ELECTION_TIMEOUT_S,
+from dynstore.limits import (ACCEPT_ENTRIES_MAX, CLOCK_DRIFT_MAX, COMMIT_RECORD_LAG_MAX, ELECTION_TIMEOUT_S,
                              HEARTBEAT_INTERVAL_S, INFLIGHT_ENTRIES_MAX, UNCOMMITTED_ENTRIES_MAX)
 from dynstore.replication.errors import Busy, NotLeader
 from dynstore.replication.messages import (COMMAND, MEMBERS, NOOP, STORAGE, ZERO_BALLOT, Abdicate, Accept,
@@ -425,7 +428,7 @@ class Paxos:
                     self._send_append(peer)
             self._maybe_commit()
         store = self.store
-        if store.commit != self._commit_persisted:
+        if store.commit != self._commit_persisted and (self._persist or self._commit_record_due()):
             self._commit_persisted = store.commit
             self._persist.append(HardState(store.promised, store.commit))
         committed = []
@@ -439,6 +442,14 @@ class Paxos:
                    apply_first)
         self._persist, self._messages, self._send_first, self._snapshots = [], [], [], []
         return rd
+
+    def _commit_record_due(self) -> bool:
+        """Whether the commit index needs a record of its own now. It rides along with the next
+        records (a leader's next entries, a follower's next Accept) for free; alone it costs a
+        sync, so it waits until COMMIT_RECORD_LAG_MAX slots went by, or a membership change
+        committed: a restarted replica must know which membership is in force (_can_lead)."""
+        persisted, commit = self._commit_persisted, self.store.commit
+        return commit - persisted >= COMMIT_RECORD_LAG_MAX or any(persisted < s <= commit for s, _ in self._configs)
 
     # --- acceptor -------------------------------------------------------------------------
 
