@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 
-from test_cluster import Writers, assert_all_present, cluster, create_table, kill_leader  # noqa: F401  (a fixture)
+from test_cluster import Writers, assert_all_present, cluster, create_table, item, kill_leader  # noqa: F401  (a fixture)
 
 from dynstore.node.config import NodeConfig
 from dynstore.node.links import ROUTER, NodeLinks
@@ -115,3 +115,30 @@ def test_writes_racing_hand_overs_are_applied_once_and_none_fails(cluster):
     got = cluster.client(2).get_item(TableName="race", Key=key, ConsistentRead=True)["Item"]
     assert int(got["n"]["N"]) == acked[0] > HAND_OVERS, (got, acked)
     print(f"{moves} hand-overs, {acked[0]} increments")
+
+
+def test_concurrent_writes_at_a_steady_leader_never_wait_for_a_leader(cluster):
+    """A write runs at its partition's leader once that leader has applied all it committed (its
+    read barrier). A write of another client may commit in between: the barrier then waits for
+    that to be applied, a fraction of a millisecond, and never for FORWARD_POLL_S as it does for
+    a new leader."""
+    create_table(cluster.client(1), "steady")
+    leader = cluster.leader_of("steady")
+    before = cluster.status(leader)["leader_waits"]
+    errors = []
+
+    def write(w: int) -> None:
+        client = cluster.client(leader)
+        for n in range(150):
+            try:
+                client.put_item(TableName="steady", Item=item(f"w{w}", n, v="x" * 1000))
+            except Exception as exc:
+                errors.append(exc)
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert cluster.leader_of("steady") == leader
+    assert cluster.status(leader)["leader_waits"] == before

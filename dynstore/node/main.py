@@ -22,7 +22,8 @@ is left to the new leader.
 The node's availability canary (dynstore/canary.py) probes the partitions whose groups it
 leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 (dynstore/status.py) with ``"groups": {"meta" | table name: replica status (replica.py)},
-"forwarded": n, "log_replicas": open now, "log_replicas_opened": since start`` added.
+"forwarded": n, "leader_waits": n (node/routing.py), "log_replicas": open now,
+"log_replicas_opened": since start`` added.
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def node_status(state, canary, routing, config: NodeConfig) -> dict:
                 replicas=replicas, commit=core.store.commit, applied_lsn=group.replica.applied))
     me = dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region)
     return dict(node_document(canary, me, nodes, leads, partitions, pids), groups=router.status(),
-                forwarded=routing.forwarded, log_replicas=sum(g.log_only for g in router.groups.values()),
+                forwarded=routing.forwarded, leader_waits=routing.leader_waits, log_replicas=sum(g.log_only for g in router.groups.values()),
                 log_replicas_opened=router.log_replicas_opened)
 
 

@@ -215,6 +215,7 @@ class Routing:
         self.links = NodeLinks(forward_addresses, self.router.secret, node_id)
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
+        self.leader_waits = 0  # times a request waited FORWARD_POLL_S for its group's leader
         # Group -> the highest slot another node reported to this one (in a forwarded request or
         # an answer) that this node's replica had not applied yet when it last looked.
         self._heard: dict[int, int] = {}
@@ -367,6 +368,10 @@ class Routing:
                 except Reroute as to:
                     if to.group != group.group:
                         return await self._again(op, request, hops)
+                    if time.monotonic() < deadline:
+                        # This leader committed more than it applied since its read barrier
+                        # returned (a write of another client): the barrier waits for that.
+                        continue
                 except StaleRange:
                     return await self._again(op, request, hops)
             else:
@@ -385,6 +390,7 @@ class Routing:
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(f"no leader for replication group {group.group} within "
                                          f"{FORWARD_WAIT_S} s")
+            self.leader_waits += 1
             await asyncio.sleep(FORWARD_POLL_S)
 
     async def _run(self, op: str, request: dict, strong: bool, vouched=frozenset()) -> dict:
