@@ -233,7 +233,8 @@ class Replica:
         self._pending: deque = deque()  # (lsn, Ready, applied already) waiting for the WAL to make lsn durable
         self._pending_applies = 0  # Readys in _pending whose committed entries wait to be applied
         self._target_lsn = 0  # the LSN the newest Ready depends on
-        self._drainer: asyncio.Task | None = None
+        self._draining = False  # the WAL calls _drain once it makes more durable
+        self._closing = False
         self._flush_scheduled = False
         self._waiting: dict[int, tuple[asyncio.Future, bytes]] = {}  # slot -> (client future, its data)
         self._reads: list[tuple[int, asyncio.Future]] = []  # (slot to apply first, future)
@@ -271,6 +272,7 @@ class Replica:
         self._schedule_flush()
 
     async def close(self) -> None:
+        self._closing = True
         await self._tasks.cancel_all()
         self._fail_waiters()
         self.wal.close()
@@ -366,19 +368,28 @@ class Replica:
             return
         self._pending.append((self._target_lsn, rd, applied))
         self._pending_applies += bool(rd.committed) and not applied
-        if self._drainer is None:
-            self._drainer = self._tasks.spawn(self._drain())
+        if not self._draining:
+            self._draining = True
+            self.wal.when_durable(self._pending[0][0], self._drain)
 
-    async def _drain(self) -> None:
+    def _drain(self, failure: Exception | None) -> None:
+        """The WAL made more durable (or failed): handle the Readys that waited for it, in order."""
+        self._draining = False
+        if self._closing:
+            return
         try:
-            while self._pending:
-                lsn, rd, applied = self._pending[0]
-                await self.wal.durable(lsn)
-                self._pending.popleft()
+            if failure is not None:
+                raise failure
+            durable = self.wal.durable_lsn
+            while self._pending and self._pending[0][0] <= durable:
+                lsn, rd, applied = self._pending.popleft()
                 self._pending_applies -= bool(rd.committed) and not applied
                 self._handle(rd, applied)
-        finally:
-            self._drainer = None
+            if self._pending and not self._draining:
+                self._draining = True
+                self.wal.when_durable(self._pending[0][0], self._drain)
+        except BaseException as exc:  # a failing disk or a programmer error: see tasks.py
+            self._tasks.fail(exc)
 
     def _handle(self, rd, applied: bool) -> None:
         commit = self.core.commit

@@ -29,9 +29,11 @@ class Tasks:
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(task.exception())
+
+    def fail(self, exc: BaseException) -> None:
+        """A failure met outside a task (in a callback): handled as a task's would be."""
         log.critical("%s stopped by %r", self.name, exc, exc_info=exc)
         self.failure = exc
         if self.on_fatal is not None:

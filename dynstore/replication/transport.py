@@ -42,6 +42,7 @@ from dynstore.replication.tasks import Tasks
 log = logging.getLogger(__name__)
 
 _FRAME_HEADER_BYTES = 8  # u32 length | u32 crc32c, as messages.encode writes them
+_READ_CHUNK_BYTES = 256 * 1024
 
 
 class Listener:
@@ -287,19 +288,31 @@ class Transport:
             writer.close()
 
     async def _read_frames(self, peer: int, reader: asyncio.StreamReader) -> None:
+        # Whatever the socket has is read at once and every whole frame in it delivered: one
+        # wake-up of this task per burst of frames, not two per frame.
+        buf = bytearray()
         while True:
-            head = await reader.readexactly(_FRAME_HEADER_BYTES)
-            frame = head + await reader.readexactly(frame_length(head) - _FRAME_HEADER_BYTES)
-            if peer in self.faults.cut:
-                self.stats["cut"] += 1
-                continue
-            try:
-                m = decode(frame)
-            except FrameError:
-                self.stats["corrupt"] += 1
-                continue
-            if not isinstance(m, Message) or m.group != self.group or m.dst != self.id or m.src != peer:
-                self.stats["misaddressed"] += 1
-                continue
-            self.stats["received"] += 1
-            self.on_message(m)
+            data = await reader.read(_READ_CHUNK_BYTES)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(buf), None)
+            buf += data
+            pos = 0
+            while (end := frame_length(buf, pos)) is not None and len(buf) - pos >= end:
+                self._deliver(peer, bytes(buf[pos:pos + end]))
+                pos += end
+            del buf[:pos]
+
+    def _deliver(self, peer: int, frame: bytes) -> None:
+        if peer in self.faults.cut:
+            self.stats["cut"] += 1
+            return
+        try:
+            m = decode(frame)
+        except FrameError:
+            self.stats["corrupt"] += 1
+            return
+        if not isinstance(m, Message) or m.group != self.group or m.dst != self.id or m.src != peer:
+            self.stats["misaddressed"] += 1
+            return
+        self.stats["received"] += 1
+        self.on_message(m)

@@ -8,8 +8,9 @@ and the faults survived are described in wal_ref.py and native/wal.c.
 Appends never wait for the disk: a flusher thread gathers everything appended since its
 last flush into one write and one fdatasync (group commit). Callers learn of durability
 by waiting: ``wait_durable()`` from plain code (the wait releases the GIL), or
-``await durable()`` from asyncio, which watches the log's eventfd with ``loop.add_reader``
-so no thread blocks. One event loop per log: the loop that first awaits owns the eventfd.
+``await durable()`` / ``when_durable()`` from asyncio, which watch the log's eventfd with
+``loop.add_reader`` so no thread blocks. One event loop per log: the loop that first waits
+owns the eventfd until it stops.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class WAL:
             self._log = NativeWAL(self.directory, sync, segment_bytes)
         else:
             self._log = ReferenceWAL(self.directory, sync, segment_bytes)
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (lsn, seq, future)
+        self._waiters: list[tuple[int, int, object]] = []  # heap of (lsn, seq, callback)
         self._waiter_seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the eventfd
         self._closed = False
@@ -109,22 +110,43 @@ class WAL:
         """Wait in asyncio until lsn is durable; raises as wait_durable does."""
         if lsn <= self._log.durable_lsn():
             return
+        future = asyncio.get_running_loop().create_future()
+
+        def settle(failure):
+            if not future.done():
+                future.set_result(None) if failure is None else future.set_exception(failure)
+        self.when_durable(lsn, settle)
+        await future
+
+    def when_durable(self, lsn: int, callback) -> None:
+        """Call ``callback(None)`` on this event loop once lsn is durable, or ``callback(error)``
+        (DiskFullError, StorageError, ClosedError) if the log fails or closes first; never
+        from within this call."""
         if lsn > self._log.last_lsn():
             raise ValueError(f"LSN {lsn} was never appended (last is {self._log.last_lsn()})")
-        if self._closed:
-            raise ClosedError("the WAL is closed")
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop:
-            raise RuntimeError("a WAL is watched by one event loop only")
-        future = loop.create_future()
-        heapq.heappush(self._waiters, (lsn, next(self._waiter_seq), future))
-        if self._loop is None:
-            loop.add_reader(self._log.event_fd(), self._on_event)
-            self._loop = loop
-            # Durability may have advanced, and the eventfd been drained, before the reader was
-            # in place. Once it is, every advance after our check above bumps the eventfd.
-            self._wake()
-        await future
+        if self._closed:
+            loop.call_soon(callback, ClosedError("the WAL is closed"))
+            return
+        if self._loop is not loop:
+            self._watch(loop)
+        heapq.heappush(self._waiters, (lsn, next(self._waiter_seq), callback))
+        if lsn <= self._log.durable_lsn():
+            loop.call_soon(self._wake)
+
+    def _watch(self, loop) -> None:
+        # The reader stays in place while the loop runs, so waits cost no epoll change. A loop
+        # that ended hands the log over to the next one.
+        if self._loop is not None:
+            if not self._loop.is_closed() and self._loop.is_running():
+                raise RuntimeError("a WAL is watched by one event loop only")
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._log.event_fd())
+        loop.add_reader(self._log.event_fd(), self._on_event)
+        self._loop = loop
+        # Durability may have advanced, and the eventfd been drained, before the reader was in
+        # place. Once it is, every advance after this look bumps the eventfd.
+        loop.call_soon(self._wake)
 
     def _on_event(self):
         self._log.ack_event()
@@ -133,18 +155,11 @@ class WAL:
     def _wake(self):
         durable = self._log.durable_lsn()
         while self._waiters and self._waiters[0][0] <= durable:
-            future = heapq.heappop(self._waiters)[2]
-            if not future.done():
-                future.set_result(None)
+            heapq.heappop(self._waiters)[2](None)
         failure = ClosedError("the WAL was closed") if self._closed else self._log.failure()
         if failure is not None:
             while self._waiters:
-                future = heapq.heappop(self._waiters)[2]
-                if not future.done():
-                    future.set_exception(type(failure)(*failure.args))
-        if not self._waiters and self._loop is not None:
-            self._loop.remove_reader(self._log.event_fd())
-            self._loop = None
+                heapq.heappop(self._waiters)[2](type(failure)(*failure.args))
 
     # --- reading and administration -------------------------------------------------------
 
@@ -174,15 +189,14 @@ class WAL:
         """Flush what is queued, then close. Waiters still pending get ClosedError."""
         if self._closed:
             return
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._log.event_fd())
         self._log.close()
         self._closed = True
         self._loop = None
-        for _lsn, _seq, future in self._waiters:
-            if not future.done():
-                future.set_exception(ClosedError("the WAL was closed"))
-        self._waiters = []
+        waiters, self._waiters = self._waiters, []
+        for _lsn, _seq, callback in waiters:
+            callback(ClosedError("the WAL was closed"))
 
     def __enter__(self):
         return self
