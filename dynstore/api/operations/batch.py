@@ -6,8 +6,9 @@ key, every table) and only then read or write, so a bad request changes nothing.
 BatchWriteItem starts every write before awaiting any: each one reads, decides and
 appends to its partition's log in turn (store.write_item), and they share group
 commits. Each put or delete is atomic on its own; the batch as a whole is not, as in
-DynamoDB. A write that fails on storage is reported back in ``UnprocessedItems`` for
-the client to retry, which is what DynamoDB's clients already do.
+DynamoDB. A write that fails on storage, or that its partition's leader refused because
+it holds its most writes in flight (Busy: nothing was written), is reported back in
+``UnprocessedItems`` for the client to retry, which is what DynamoDB's clients already do.
 
 BatchGetItem stops adding items once the response reaches 16 MB; the keys it did
 not read come back in ``UnprocessedKeys`` with the table's read parameters.
@@ -24,6 +25,7 @@ from dynstore.api.operations.items import collection_metrics, context, projectio
 from dynstore.api.operations.schema import table as find_table
 from dynstore.api.operations.store import read_item, write_item
 from dynstore.api.values import item_size, validate_item
+from dynstore.replication.errors import Busy
 from dynstore.storage.errors import StorageError
 
 _DUPLICATES = "Provided list of item keys contains duplicates"
@@ -123,7 +125,7 @@ async def batch_write_item(state, request: dict) -> dict:
     results = await asyncio.gather(*writes, return_exceptions=True)
     unprocessed: dict = {}
     for (name, _, write, _, _), result in zip(plans, results):
-        if isinstance(result, StorageError):
+        if isinstance(result, (StorageError, Busy)):
             unprocessed.setdefault(name, []).append(write)
         elif isinstance(result, BaseException):
             raise result
