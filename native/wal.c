@@ -5,7 +5,8 @@
  * ---------------------------------------------------------------------------------------
  * A log is a directory of segment files named "<first_lsn as 20 decimal digits>.wal".
  * Each segment is preallocated whole with posix_fallocate when it is created, so a full
- * disk shows there and never in the middle of a record. A segment starts with 64 bytes:
+ * disk shows there and never in the middle of a record, and zeros are written a megabyte
+ * ahead of the records (zero_ahead). A segment starts with 64 bytes:
  *
  *   offset size field
  *   0      8    magic          "DSWALSEG"
@@ -112,6 +113,7 @@ typedef struct seg {
     uint64_t first_lsn; /* LSN of its first record */
     uint64_t size;      /* preallocated file size */
     uint64_t end;       /* offset just past its last record */
+    uint64_t zeroed;    /* zeros (or records) are written up to here: no extents left to convert */
     int fd;             /* open read-write */
     uint8_t *map;       /* whole file mapped read-only, for recovery and reads */
 } seg;
@@ -510,6 +512,7 @@ static int segment_create(ds_wal *w, uint64_t first_lsn, uint64_t size, int publ
     out->first_lsn = first_lsn;
     out->size = size;
     out->end = SEG_HDR_BYTES;
+    out->zeroed = SEG_HDR_BYTES;
     out->path = publish ? path : tmp;
     if (publish) path = NULL; else tmp = NULL;
     if ((rc = seg_map(out, err))) seg_release(out);
@@ -735,6 +738,27 @@ static int recover(ds_wal *w, ds_wal_error *err) {
 /* --- the flusher ------------------------------------------------------------------------- */
 
 /* Write a batch to the active segment, rolling as needed; each segment's part made durable. */
+/*
+ * posix_fallocate leaves unwritten extents: the first sync after a write into one must
+ * convert it, a journal commit that waits behind every other file's data flush (tens of ms
+ * on a busy disk). So zeros are written ahead of the records, ZERO_CHUNK_BYTES at a time,
+ * and only one batch in that many bytes pays for the conversion; the batch's own sync makes
+ * the zeros durable with it.
+ */
+static int zero_ahead(seg *s, uint64_t upto, ds_wal_error *err) {
+    static const uint8_t zeros[ZERO_CHUNK_BYTES];
+    uint64_t from = s->zeroed > s->end ? s->zeroed : s->end;
+    uint64_t to = upto + ZERO_CHUNK_BYTES < s->size ? upto + ZERO_CHUNK_BYTES : s->size;
+    for (uint64_t at = from; at < to;) {
+        size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
+        int e = pwrite_all(s->fd, zeros, n, at);
+        if (e) return fail_os(err, e, "write", s->path);
+        at += n;
+    }
+    s->zeroed = to;
+    return 0;
+}
+
 static int write_batch(ds_wal *w, const buf *b, ds_wal_error *err) {
     seg *s = &w->segs[w->nsegs - 1];
     size_t i = 0;
@@ -749,7 +773,8 @@ static int write_batch(ds_wal *w, const buf *b, ds_wal_error *err) {
         }
         if (j > i) {
             verify_batch(w, b->data + i, j - i);
-            int rc = write_durable(w, s, b->data + i, j - i, s->end, err);
+            int rc = at > s->zeroed ? zero_ahead(s, at, err) : 0;
+            if (!rc) rc = write_durable(w, s, b->data + i, j - i, s->end, err);
             if (rc) return rc;
             s->end = at;
         }
