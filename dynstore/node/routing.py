@@ -303,9 +303,12 @@ class Routing:
         return applied
 
     def _hear(self, applied: dict[str, int]) -> None:
+        groups = self.router.groups
         for group, slot in applied.items():
-            if slot > self._heard.get(int(group), 0):
-                self._heard[int(group)] = slot
+            group = int(group)
+            here = groups.get(group)
+            if slot > self._heard.get(group, 0) and (here is None or here.replica.applied < slot):
+                self._heard[group] = slot
 
     async def _here(self, op: str, request: dict, hops: int, *, strong: bool, vouched=frozenset()) -> dict:
         """Run the request on this node's replicas; at a group's leader if they say so."""
@@ -397,10 +400,11 @@ class Routing:
         """Run the operation here; Reroute and StaleRange (nothing was done) to the caller."""
         if op in self._control:
             return await self._control[op](request)
-        if not strong:
-            # What this node's replicas serve must reflect what it heard of. A strong request
-            # runs at its leader, which has applied everything (read_barrier): waiting here for a
-            # follower to learn of the last commit would only hold the request until a heartbeat.
+        if not strong and self._heard:
+            # What this node's replicas serve must reflect what it heard of (nothing to wait for
+            # when it heard of nothing its replicas lack). A strong request runs at its leader,
+            # which has applied everything (read_barrier): waiting here for a follower to learn
+            # of the last commit would only hold the request until a heartbeat.
             await self._catch_up(self._known_groups(op, request))
         strong_token, vouched_token = STRONG.set(strong), VOUCHED.set(vouched)
         proposed_token = PROPOSED.set([])

@@ -155,6 +155,7 @@ class ClusterRouter:
         self.catalog_lock = asyncio.Lock()
         self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"), None)
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
+        self._joining: set[int] = set()  # groups opened here waiting for a snapshot (some may have it by now)
         self._table_of: dict[int, str] = {}  # group -> TableId
         self._descs: dict[str, tuple[bytes, dict]] = {}  # name -> (stored JSON, description) last read
         self._placements: dict[str, tuple[bytes, dict]] = {}  # TableId -> (stored JSON, placement) last read
@@ -230,8 +231,12 @@ class ClusterRouter:
     def serves(self, desc: dict) -> bool:
         """Whether this node's replicas can serve the table now: it holds them, none still
         waits for its first snapshot, and no older files of the table are being removed."""
-        return self.holds(desc) and desc["TableId"] not in self._removing and not any(
-            group.replica.joining for group in self._walk(desc))
+        if not self.holds(desc) or desc["TableId"] in self._removing:
+            return False
+        if self._joining:
+            # Every replica opened here since took a snapshot: forget them.
+            self._joining = {g for g in self._joining if g in self.groups and self.groups[g].replica.joining}
+        return not self._joining or not any(group.replica.joining for group in self._walk(desc))
 
     def _placement(self) -> list[int]:
         return place(self._zones, self.tables_on())
@@ -298,6 +303,8 @@ class ClusterRouter:
             joining = (log_only or self.node_id in self._placement_of(table_id)["joined"]) \
                 and not is_seeded(directory)
             group = self.groups[group_id] = self._group(group_id, directory, table_id, child, joining, log_only)
+            if group.replica.joining:
+                self._joining.add(group_id)
             if log_only:
                 self.log_replicas_opened += 1
             self._table_of[group_id] = table_id
