@@ -547,7 +547,7 @@ static int segments_remove(ds_wal *w, size_t from, size_t to, int backwards, ds_
     return fsync_dir(w->dir, err);
 }
 
-static int zero_range(seg *s, uint64_t from, uint64_t to, ds_wal_error *err) {
+static int write_zeros(seg *s, uint64_t from, uint64_t to, ds_wal_error *err) {
     static const uint8_t zeros[ZERO_CHUNK_BYTES];
     for (uint64_t at = from; at < to;) {
         size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
@@ -555,8 +555,14 @@ static int zero_range(seg *s, uint64_t from, uint64_t to, ds_wal_error *err) {
         if (e) return fail_os(err, e, "write", s->path);
         at += n;
     }
-    if (from < to && fdatasync(s->fd)) return fail_os(err, errno, "sync", s->path);
     return 0;
+}
+
+/* Zero [from, to) durably (truncation, a torn tail). */
+static int zero_range(seg *s, uint64_t from, uint64_t to, ds_wal_error *err) {
+    int rc = write_zeros(s, from, to, err);
+    if (!rc && from < to && fdatasync(s->fd)) return fail_os(err, errno, "sync", s->path);
+    return rc;
 }
 
 /* --- recovery ---------------------------------------------------------------------------- */
@@ -746,17 +752,11 @@ static int recover(ds_wal *w, ds_wal_error *err) {
  * the zeros durable with it.
  */
 static int zero_ahead(seg *s, uint64_t upto, ds_wal_error *err) {
-    static const uint8_t zeros[ZERO_CHUNK_BYTES];
     uint64_t from = s->zeroed > s->end ? s->zeroed : s->end;
     uint64_t to = upto + ZERO_CHUNK_BYTES < s->size ? upto + ZERO_CHUNK_BYTES : s->size;
-    for (uint64_t at = from; at < to;) {
-        size_t n = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
-        int e = pwrite_all(s->fd, zeros, n, at);
-        if (e) return fail_os(err, e, "write", s->path);
-        at += n;
-    }
-    s->zeroed = to;
-    return 0;
+    int rc = write_zeros(s, from, to, err);
+    if (!rc) s->zeroed = to;
+    return rc;
 }
 
 static int write_batch(ds_wal *w, const buf *b, ds_wal_error *err) {

@@ -10,7 +10,8 @@ import asyncio
 import threading
 import time
 
-from test_cluster import Writers, assert_all_present, cluster, create_table, item, kill_leader  # noqa: F401  (a fixture)
+from test_cluster import (Writers, assert_all_present, cluster, create_table, item,  # noqa: F401  (a fixture)
+                          kill_leader)
 
 from dynstore.node.config import NodeConfig
 from dynstore.node.links import ROUTER, NodeLinks

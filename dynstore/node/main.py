@@ -146,7 +146,8 @@ def node_status(state, canary, routing, config: NodeConfig) -> dict:
                 replicas=replicas, commit=core.store.commit, applied_lsn=group.replica.applied))
     me = dict(nodes[[n.id for n in config.nodes].index(config.node_id)], region=config.region)
     return dict(node_document(canary, me, nodes, leads, partitions, pids), groups=router.status(),
-                forwarded=routing.forwarded, leader_waits=routing.leader_waits, log_replicas=sum(g.log_only for g in router.groups.values()),
+                forwarded=routing.forwarded, leader_waits=routing.leader_waits,
+                log_replicas=sum(g.log_only for g in router.groups.values()),
                 log_replicas_opened=router.log_replicas_opened)
 
 

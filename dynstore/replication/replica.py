@@ -368,7 +368,11 @@ class Replica:
             return
         self._pending.append((self._target_lsn, rd, applied))
         self._pending_applies += bool(rd.committed) and not applied
-        if not self._draining:
+        self._watch_pending()
+
+    def _watch_pending(self) -> None:
+        """Have the WAL call _drain once the oldest waiting Ready is durable, unless it will."""
+        if self._pending and not self._draining:
             self._draining = True
             self.wal.when_durable(self._pending[0][0], self._drain)
 
@@ -385,9 +389,7 @@ class Replica:
                 lsn, rd, applied = self._pending.popleft()
                 self._pending_applies -= bool(rd.committed) and not applied
                 self._handle(rd, applied)
-            if self._pending and not self._draining:
-                self._draining = True
-                self.wal.when_durable(self._pending[0][0], self._drain)
+            self._watch_pending()
         except BaseException as exc:  # a failing disk or a programmer error: see tasks.py
             self._tasks.fail(exc)
 
