@@ -252,9 +252,10 @@ assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 # --- replication runtime (dynstore/replication/transport.py, replica.py, group_process.py) --
 # The shell around the Paxos core: its clock, its links to peers and how much log it keeps.
 
-# The core is ticked this often: a fifth of a heartbeat, so heartbeats and elections fire within
-# 20 ms of when the core wants them, at a cost of 50 cheap calls a second.
-TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S / 5
+# The core is ticked when it asks (Paxos.wake_at) and at least this often: a heartbeat, so that
+# a deadline the shell missed costs one heartbeat's delay, while an idle replica wakes ten times
+# a second (a node holds many replicas; a fixed fast beat was most of an idle node's work).
+TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S
 # A lost link is redialled after a backoff doubling from the minimum to the maximum: the minimum
 # finds a restarted peer within a heartbeat or two, the maximum keeps a dead peer to one dial per
 # quarter of an election timeout.
@@ -281,7 +282,7 @@ CLIENT_FRAME_BYTES_MAX = 4 * 1024 * 1024
 TASK_CANCEL_WAIT_S = 0.5
 TASK_CANCEL_ROUNDS_MAX = 10
 
-assert TICK_INTERVAL_S < HEARTBEAT_INTERVAL_S
+assert TICK_INTERVAL_S <= HEARTBEAT_INTERVAL_S
 assert RECONNECT_BACKOFF_MIN_S < RECONNECT_BACKOFF_MAX_S < ELECTION_TIMEOUT_S
 assert INFLIGHT_ENTRIES_MAX * 1024 < PEER_SEND_BUFFER_BYTES_MAX <= FRAME_BYTES_MAX
 

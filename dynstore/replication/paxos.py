@@ -303,6 +303,12 @@ class Paxos:
 
     # --- inputs -------------------------------------------------------------------------------
 
+    def wake_at(self) -> float:
+        """When ``tick`` next has something to do: a leader's next heartbeat (when it also checks
+        that a quorum still answers), anyone else's election deadline. After ``tick(now)`` it is
+        later than now, so a shell may sleep until then instead of ticking on a fixed beat."""
+        return self._next_heartbeat if self.role == LEADER else self.election_deadline
+
     def tick(self, now: float) -> None:
         self._last_now = now
         if self.role == LEADER:

@@ -295,7 +295,10 @@ class Node:
     def on_tick(self) -> None:
         sim = self.sim
         core = self.core
-        core.tick(self.local(sim.now))
+        now = self.local(sim.now)
+        core.tick(now)
+        if core.wake_at() <= now:  # a shell that sleeps until then would wake at once, forever
+            raise Failure(f"replica {self.id} asks to be ticked at {core.wake_at()}, not after {now}")
         if self.log_only:
             # A log replica keeps only the recent log; it has no state to snapshot.
             if core.commit - COMPACT_EVERY - core.store.snap.index >= COMPACT_EVERY:
