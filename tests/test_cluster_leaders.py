@@ -28,7 +28,7 @@ def leads(cluster) -> dict[int, list[str]]:
             groups = cluster.status(node)["groups"]
         except OSError:
             groups = {}
-        found[node] = sorted(name for name, g in groups.items() if name.startswith("lead") and g["role"] == "leader")
+        found[node] = sorted(name for name, g in groups.items() if name != "meta" and g["role"] == "leader")
     return found
 
 
@@ -67,6 +67,30 @@ def test_a_restarted_node_is_handed_leads_until_the_nodes_lead_alike(cluster):
 HAND_OVERS = 40
 
 
+class HandOvers:
+    """The control plane's Transfer call, over the cluster's authenticated forward port: hands
+    the lead of a table's partition to a node; True if it moved."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        config = NodeConfig.load(str(cluster.directory / "node-1" / "node.toml"))
+        self.links = NodeLinks({n.id: n.forward for n in config.nodes}, config.cluster_secret(), ROUTER)
+        self.loop = asyncio.new_event_loop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.run_until_complete(self.links.close())
+        self.loop.close()
+
+    def __call__(self, table: str, to: int) -> bool:
+        group = self.cluster.status(1)["groups"][table]["group"]
+        answer = self.loop.run_until_complete(
+            self.links.call(1, "Transfer", {"table": table, "group": group, "to": to}, hops=0))
+        return bool(answer and answer["ok"] and answer["result"]["moved"])
+
+
 def test_writes_racing_hand_overs_are_applied_once_and_none_fails(cluster):
     """Increments through every node while the lead of their partition moves from node to node
     (the control plane's Transfer call, as leader evening makes it): a write cut off before
@@ -86,28 +110,17 @@ def test_writes_racing_hand_overs_are_applied_once_and_none_fails(cluster):
                 continue
             acked[0] += 1
 
-    config = NodeConfig.load(str(cluster.directory / "node-1" / "node.toml"))
-    links = NodeLinks({n.id: n.forward for n in config.nodes}, config.cluster_secret(), ROUTER)
-
-    async def hand_over(to: int) -> bool:
-        group = cluster.status(1)["groups"]["race"]["group"]
-        answer = await links.call(1, "Transfer", {"table": "race", "group": group, "to": to}, hops=0)
-        return bool(answer and answer["ok"] and answer["result"]["moved"])
-
     threads = [threading.Thread(target=increment, args=(node,), daemon=True) for node in (1, 2, 3) for _ in range(2)]
     for t in threads:
         t.start()
     moves = 0
     try:
-        loop = asyncio.new_event_loop()
-        deadline = time.monotonic() + 60
-        while moves < HAND_OVERS and not errors:
-            assert time.monotonic() < deadline, (moves, cluster.describe())
-            leader = cluster.leader_of("race")
-            moves += loop.run_until_complete(hand_over(leader % 3 + 1))
-            time.sleep(0.05)
-        loop.run_until_complete(links.close())
-        loop.close()
+        with HandOvers(cluster) as hand_over:
+            deadline = time.monotonic() + 60
+            while moves < HAND_OVERS and not errors:
+                assert time.monotonic() < deadline, (moves, cluster.describe())
+                moves += hand_over("race", cluster.leader_of("race") % 3 + 1)
+                time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
@@ -143,3 +156,37 @@ def test_concurrent_writes_at_a_steady_leader_never_wait_for_a_leader(cluster):
     assert not errors, errors[:3]
     assert cluster.leader_of("steady") == leader
     assert cluster.status(leader)["leader_waits"] == before
+
+
+BUSY_APART_WITHIN_S = 30  # a window of rates (5 s) to see the load, then a hand-over a round
+
+
+def test_the_busiest_partitions_are_led_from_different_nodes_though_every_node_leads_two(cluster):
+    """Six tables, two led by each node, but the two that take the writes both on node 1: even
+    by count, node 1 does all the work. The control plane hands one of the busy leads to
+    another node (and a cold one back), while the writes go on and none fails."""
+    want = {"busy0": 1, "busy1": 1, "cold2": 2, "cold3": 2, "cold4": 3, "cold5": 3}
+    for name in want:
+        create_table(cluster.client(1), name)
+    with HandOvers(cluster) as hand_over:
+        deadline = time.monotonic() + 30
+        while {name: cluster.leader_of(name) for name in want} != want:
+            assert time.monotonic() < deadline, cluster.describe()
+            for name, node in want.items():
+                if cluster.leader_of(name) != node:
+                    hand_over(name, node)
+            time.sleep(0.2)
+    writers = [Writers(cluster, name, count=2, nodes=(1,)) for name in ("busy0", "busy1")]
+    try:
+        deadline = time.monotonic() + BUSY_APART_WITHIN_S
+        while cluster.leader_of("busy0") == cluster.leader_of("busy1"):
+            assert time.monotonic() < deadline, ([len(w.acked) for w in writers], leads(cluster), cluster.describe())
+            time.sleep(0.5)
+        found = leads(cluster)
+        print(f"leads once the busy tables were led apart: {found}")
+        for w in writers:
+            w.wait_acked(len(w.acked) + 50)
+        assert [w.errors for w in writers] == [0, 0], [w.last_error for w in writers]
+    finally:
+        for w in writers:
+            w.join()

@@ -10,31 +10,48 @@ The split key comes from the keys the partition was asked for lately (a sample t
 keeps, router/replicated.py): the partition-key boundary at the median of the sample, so
 each half takes about half of the requests, whatever their share of the bytes.
 
+The same readings give each group's request rate on each node over the last ``window_s``,
+which the control plane evens out leads by (leads.py).
+
 Pure: counters and samples come in with the time they were read; no clock, no I/O.
 """
 from __future__ import annotations
 
+from collections import deque
+
 from dynstore.api.operations.schema import ITEMS, Table
 
 
+def _deltas(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    # A counter that went down was reset (the node restarted): it counts from zero.
+    return {group: count - before.get(group, 0) if count >= before.get(group, 0) else count
+            for group, count in after.items()}
+
+
 class HeatTracker:
-    def __init__(self, share_min: float, rate_min: float, sustain_s: float):
+    def __init__(self, share_min: float, rate_min: float, sustain_s: float, window_s: float = 0.0):
         self.share_min = share_min
         self.rate_min = rate_min
         self.sustain_s = sustain_s
-        self._last: dict[int, tuple[float, dict[int, int]]] = {}  # node -> (time, group -> requests)
+        self.window_s = window_s
+        # node -> (time, group -> requests) of its readings, the oldest kept at least window_s old
+        self._readings: dict[int, deque[tuple[float, dict[int, int]]]] = {}
         self._hot_since: dict[tuple[int, int], float] = {}  # (node, group) -> when it became hot
 
     def observe(self, now: float, node: int, counts: dict[int, int]) -> None:
         """The request counters of every group on ``node``, read at ``now``."""
-        previous = self._last.get(node)
-        self._last[node] = (now, dict(counts))
-        if previous is None or now <= previous[0]:
+        readings = self._readings.setdefault(node, deque())
+        previous = readings[-1] if readings else None
+        if previous is not None and now <= previous[0]:
+            readings.clear()  # a clock that went back: start over
+            previous = None
+        readings.append((now, dict(counts)))
+        while len(readings) > 2 and now - readings[1][0] >= self.window_s:
+            readings.popleft()
+        if previous is None:
             return
         elapsed = now - previous[0]
-        # A counter that went down was reset (the node restarted): it counts from zero.
-        deltas = {group: count - previous[1].get(group, 0) if count >= previous[1].get(group, 0) else count
-                  for group, count in counts.items()}
+        deltas = _deltas(previous[1], counts)
         total = sum(deltas.values())
         for group, delta in deltas.items():
             hot = total > 0 and delta / total >= self.share_min and delta / elapsed >= self.rate_min
@@ -44,6 +61,15 @@ class HeatTracker:
                 self._hot_since.pop((node, group), None)
         for node_group in [k for k in self._hot_since if k[0] == node and k[1] not in counts]:
             del self._hot_since[node_group]
+
+    def rates(self, node: int) -> dict[int, float]:
+        """Requests a second of each group on ``node`` from its oldest kept reading (window_s
+        before the newest, once it was read that long) to its newest."""
+        readings = self._readings.get(node)
+        if not readings or len(readings) < 2:
+            return {}
+        (start, before), (end, after) = readings[0], readings[-1]
+        return {group: n / (end - start) for group, n in _deltas(before, after).items()}
 
     def hot(self, now: float) -> list[tuple[int, int]]:
         """(node, group) of each partition that has stayed hot for sustain_s."""

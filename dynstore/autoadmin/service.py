@@ -32,11 +32,13 @@ leader takes over within an election). Each round it:
   after it was replaced, or one added), the same way as healing moves it. A group whose
   leader is the node moved away loses its leader when the change commits, and elects another;
 * evens out leaders, when no table moves: writes and strongly consistent reads run at a
-  partition's leader, so a node leading most partitions does most of the work (as after a
-  restart, when the others won every election). One partition a round is handed (the
-  Transfer call) from the node leading the most to the member leading the fewest, once they
-  differ by LEADERS_IMBALANCE_MIN; the leader hands over at an instant with no write in flight,
-  and the group has no leader for a round trip (replication/paxos.py "Transfer").
+  partition's leader, so the nodes leading the busiest partitions, or most partitions (as
+  after a restart, when the others won every election), do most of the work. One partition
+  a round is handed (the Transfer call) to another member, by request rate first and then by
+  count (leads.py); after handing over a partition that takes requests the next waits a
+  whole window of rates, so that they show where its requests now run. The leader hands
+  over at an instant with no write in flight, and the group has no leader for a round trip
+  (replication/paxos.py "Transfer").
 
 It is never on the request path: a failed round changes nothing a client sees, is logged,
 and is tried again in the next one.
@@ -50,6 +52,7 @@ import time
 from dynstore import limits
 from dynstore.api.errors import DynamoDBError
 from dynstore.autoadmin.heat import HeatTracker, hot_split_key
+from dynstore.autoadmin.leads import Lead, plan
 from dynstore.autoadmin.splits import Splitter
 from dynstore.replication.errors import ReplicationError
 
@@ -68,7 +71,7 @@ class Autoadmin:
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):
         self.router = state.router
         self.splitter = Splitter(state, split_bytes, interval_s, partitions=self._led)
-        self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s)
+        self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s, limits.LEADS_LOAD_WINDOW_S)
         self._call_node = call_node
         self._nodes = list(nodes)
         self._clock = clock
@@ -78,6 +81,7 @@ class Autoadmin:
         self._active_since: float | None = None  # nodes count as heard when this instance took over
         self.rounds = 0  # rounds this node ran as the active instance
         self.heat_splits = 0  # partitions split for heat by this node
+        self._load_moved_at = float("-inf")  # when this node last handed a lead over for load
 
     def _led(self, desc: dict) -> list:
         """The partitions of the table this node's replicas lead (a replica that waits for a
@@ -193,32 +197,29 @@ class Autoadmin:
         return False
 
     async def _even_leaders(self, maps: list[tuple[dict, list[dict]]]) -> None:
-        """Hand one partition's lead from the node leading the most partitions to the storage
-        member of that partition leading the fewest, once they differ by LEADERS_IMBALANCE_MIN
-        (a node that restarted leads nothing until then: every election was won by the others)."""
+        """Hand one partition's lead to another of its members, so that the nodes lead alike by
+        request rate and by count (leads.py). Only in a group whose every member answered the
+        last rounds: one with a member stopped or cut off has no slack for a change of leader."""
         now = self._clock()
+        if now - self._load_moved_at < limits.LEADS_LOAD_WINDOW_S:
+            return
         answering = {n for n in self._nodes if now - self._heard.get(n, -1e9) <= 2 * self.interval_s}
-        led: dict[int, list] = {}
-        for desc, partitions in maps:
-            for p in partitions:
-                if p["leader"] is not None:
-                    led.setdefault(p["leader"], []).append((desc, p))
-
-        def count(node: int) -> int:
-            return len(led.get(node, ()))
-        for node in sorted(led, key=count, reverse=True):
-            for desc, p in led[node]:
-                # Only in a group whose every member answered the last rounds: one with a member
-                # stopped or cut off has no slack for a change of leader.
-                if not set(p["members"]) <= answering:
-                    continue
-                to = min((m for m in p["members"] if m not in p["logs"]), key=lambda m: (count(m), m))
-                if count(node) - count(to) >= limits.LEADERS_IMBALANCE_MIN:
-                    log.info("node %d leads %d partitions, node %d %d: handing it the lead of partition %d of %s",
-                             node, count(node), to, count(to), p["group"], desc["TableName"])
-                    await self.router.control("Transfer", {"table": desc["TableName"], "group": p["group"],
-                                                           "to": to})
-                    return
+        rates = {node: self.heat.rates(node) for node in self._nodes}
+        leads = [Lead(desc["TableName"], p["group"], p["leader"], tuple(m for m in p["members"] if m not in p["logs"]),
+                      rates[p["leader"]].get(p["group"], 0.0), set(p["members"]) <= answering)
+                 for desc, partitions in maps for p in partitions if p["leader"] in rates]
+        move = plan(leads, rate_min=limits.LEADS_LOAD_IMBALANCE_MIN_RATE, share=limits.LEADS_LOAD_IMBALANCE_SHARE,
+                    count_min=limits.LEADERS_IMBALANCE_MIN)
+        if move is None:
+            return
+        lead = move.lead
+        led = [x for x in leads if x.leader == lead.leader]
+        log.info("node %d leads %d partitions at %.0f requests/s: handing node %d the lead of partition %d of %s "
+                 "(%.0f/s) for %s", lead.leader, len(led), sum(x.rate for x in led), move.to, lead.group, lead.table,
+                 lead.rate, move.why)
+        await self.router.control("Transfer", {"table": lead.table, "group": lead.group, "to": move.to})
+        if lead.rate > 0:
+            self._load_moved_at = now
 
     def _replacement(self, hosts: list[int], gone: int, lost: set[int]) -> int | None:
         """A live node for a table of ``hosts`` that lost ``gone``: of its zone if one is free,
