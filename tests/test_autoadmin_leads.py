@@ -59,7 +59,8 @@ def test_a_restarted_node_is_handed_cold_leads_first():
 def test_the_rules_settle_and_each_move_for_load_evens_the_loads():
     rng = random.Random(7)
     for _ in range(500):
-        leads = [lead(g, rng.choice(NODES), rng.choice([0, 0, 1, 20, 100, 300, 800])) for g in range(rng.randint(1, 12))]
+        rates = [0, 0, 1, 20, 100, 300, 800]
+        leads = [lead(g, rng.choice(NODES), rng.choice(rates)) for g in range(rng.randint(1, 12))]
         for step in itertools.count():
             move = even(leads)
             if move is None:
