@@ -20,6 +20,22 @@ def test_dump_then_load_is_the_same_config(tmp_path):
     assert loaded.me.zone == "zone-b" and loaded.me.peer == ("::1", 7002)
 
 
+def test_nodes_of_one_machine_link_over_named_unix_sockets(tmp_path):
+    nodes = tuple(NodeAddress(n.id, n.zone, n.endpoint, f"\0run-{n.id}-peer", f"\0run-{n.id}-forward", processes=2)
+                  for n in _nodes())
+    config = NodeConfig(1, str(tmp_path / "node-1"), nodes)
+    text = config.dump()
+    assert 'peer = "@run-1-peer"' in text and 'forward = "@run-3-forward"' in text
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    assert NodeConfig.load(str(path)) == config
+    second = config.expanded()[1].me
+    assert (second.peer, second.forward) == ("\0run-1-peer.1", "\0run-1-forward.1")
+    path.write_text(text.replace('endpoint = "127.0.0.1:8001"', 'endpoint = "@web"'))
+    with pytest.raises(ValueError, match="endpoint serves HTTP over TCP"):
+        NodeConfig.load(str(path))
+
+
 def test_node_id_must_be_one_of_the_nodes():
     with pytest.raises(ValueError, match="include node_id 4"):
         NodeConfig(4, "/x", _nodes())

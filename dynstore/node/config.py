@@ -24,8 +24,11 @@
     peer = "127.0.0.1:7001"               # replication links of every group (one port, transport.Listener)
     forward = "127.0.0.1:7101"            # requests forwarded to this node's leaders (node/routing.py)
 
+``peer`` and ``forward`` may also name a Unix socket, ``"@name"`` (dynstore/net.py), for nodes
+of one machine: ``dynstore up`` links its nodes so.
+
 A node runs ``processes`` processes (shard-per-core): process k serves on the endpoint,
-peer and forward ports plus k, and is a member of the cluster of its own, with id
+peer and forward ports plus k (socket names with ``.k``), and is a member of the cluster of its own, with id
 ``member_id(node, k)`` (process 0 keeps the node's id) in the node's zone. Tables are placed
 on members (router/cluster.py), so the processes of a node share its tables between them,
 and two processes of one node never hold replicas of the same partition (one zone).
@@ -42,6 +45,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 
+from dynstore import net
 from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, HEAL_AFTER_S_DEFAULT, HOT_RATE_MIN_DEFAULT,
                              HOT_SUSTAIN_S_DEFAULT, LOG_KEEP_ENTRIES, REPLICATED_SPLIT_BYTES_DEFAULT)
 
@@ -54,14 +58,11 @@ def member_id(node: int, process: int) -> int:
     return node + process * PROCESS_ID_STRIDE
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _text(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _endpoint(text: str) -> tuple[str, int]:
+    address = net.parse(text)
+    if isinstance(address, str):
+        raise ValueError(f"a node's endpoint serves HTTP over TCP: host:port, not {text!r}")
+    return address
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,14 @@ class NodeAddress:
     id: int
     zone: str
     endpoint: tuple[str, int]
-    peer: tuple[str, int]
-    forward: tuple[str, int]
+    peer: net.Address
+    forward: net.Address
     processes: int = 1
 
     def members(self) -> list["NodeAddress"]:
         """The node's processes, each a member of its own (ports plus k)."""
-        def plus(address: tuple[str, int], k: int) -> tuple[str, int]:
-            return address[0], address[1] + k
-        return [NodeAddress(member_id(self.id, k), self.zone, plus(self.endpoint, k), plus(self.peer, k),
-                            plus(self.forward, k)) for k in range(self.processes)]
+        return [NodeAddress(member_id(self.id, k), self.zone, net.offset(self.endpoint, k), net.offset(self.peer, k),
+                            net.offset(self.forward, k)) for k in range(self.processes)]
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,8 @@ class NodeConfig:
     def load(cls, path: str) -> "NodeConfig":
         with open(path, "rb") as f:
             doc = tomllib.load(f)
-        nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _address(n["endpoint"]), _address(n["peer"]),
-                                  _address(n["forward"]), int(n.get("processes", os.cpu_count() or 1)))
+        nodes = tuple(NodeAddress(int(n["id"]), n["zone"], _endpoint(n["endpoint"]), net.parse(n["peer"]),
+                                  net.parse(n["forward"]), int(n.get("processes", os.cpu_count() or 1)))
                       for n in doc["nodes"])
         return cls(int(doc["node_id"]), doc["data_dir"], nodes, doc.get("region", "us-east-1"),
                    doc.get("credentials_file", ""), doc.get("cluster_secret_file", ""),
@@ -156,6 +155,6 @@ class NodeConfig:
                  f"canary_interval_s = {self.canary_interval_s!r}", f"heal_after_s = {float(self.heal_after_s)}"]
         for n in self.nodes:
             lines += ["", "[[nodes]]", f"id = {n.id}", f"zone = {q(n.zone)}", f"processes = {n.processes}",
-                      f"endpoint = {q(_text(n.endpoint))}",
-                      f"peer = {q(_text(n.peer))}", f"forward = {q(_text(n.forward))}"]
+                      f"endpoint = {q(net.text(n.endpoint))}",
+                      f"peer = {q(net.text(n.peer))}", f"forward = {q(net.text(n.forward))}"]
         return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 
+from dynstore import net
 from dynstore.api.errors import InternalServerError
 from dynstore.limits import CONNECT_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX, FORWARD_POLL_S, FORWARD_TIMEOUT_S
 from dynstore.replication import handshake
@@ -29,10 +30,10 @@ ROUTER = 0  # the caller id of a standalone router (node ids start at 1)
 
 
 class NodeLinks:
-    """``addresses`` maps node id -> (host, port) of its forward port; ``caller`` is this
+    """``addresses`` maps node id -> its forward address (net.py); ``caller`` is this
     process's id in the handshake."""
 
-    def __init__(self, addresses: dict[int, tuple[str, int]], secret: bytes, caller: int):
+    def __init__(self, addresses: dict[int, net.Address], secret: bytes, caller: int):
         self.addresses = dict(addresses)
         self.secret = secret
         self.caller = caller
@@ -43,9 +44,8 @@ class NodeLinks:
         client = self._clients.get(node)
         if client is not None and not client.closed:
             return client
-        host, port = self.addresses[node]
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+            reader, writer = await asyncio.wait_for(net.connect(self.addresses[node]), CONNECT_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError):
             return None
         try:

@@ -77,7 +77,7 @@ async def serve(config: NodeConfig) -> int:
     canary = Canary(router, partitions=led_partitions, clock=state.clock, interval_s=config.canary_interval_s)
     control.spawn(expire_led(state))
     try:
-        await routing.start(*me.forward)
+        await routing.start(me.forward)
 
         canary.start()
         server = Server(routing.operations, state, credentials, region=config.region, metrics=state.metrics,

@@ -95,6 +95,7 @@ import asyncio
 import logging
 import time
 
+from dynstore import net
 from dynstore.api import errors
 from dynstore.api.errors import (DynamoDBError, InternalServerError, ProvisionedThroughputExceededException,
                                  ServiceUnavailable)
@@ -205,9 +206,9 @@ def error_from_body(status: int, body: dict) -> DynamoDBError:
 
 
 class Routing:
-    """``forward_addresses`` maps node id -> (host, port) of every node's forward port."""
+    """``forward_addresses`` maps node id -> every node's forward address (net.py)."""
 
-    def __init__(self, state, node_id: int, forward_addresses: dict[int, tuple[str, int]]):
+    def __init__(self, state, node_id: int, forward_addresses: dict[int, net.Address]):
         self.state = state
         self.router = state.router
         self.node_id = node_id
@@ -563,8 +564,8 @@ class Routing:
             raise ConnectionError(f"node {node} cannot be reached")
         return answer_of(answer)
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+    async def start(self, address: net.Address) -> None:
+        self._server = await net.serve(self._serve, address)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -11,9 +11,10 @@ and ``<data-dir>/cluster.secret``, the secret every connection between the nodes
 (replication/handshake.py), made at the first start.
 
 Node 1 serves the DynamoDB endpoint on --port; node i on --port + i - 1 when that port is
-free, otherwise on a free port; the endpoints are printed once every node serves. Peer and
-forward ports are picked free at each start (groups know their members by node id, so they
-may change between runs).
+free, otherwise on a free port; the endpoints are printed once every node serves. The nodes
+link to each other (replication and forwarding) over Unix sockets, a round trip half as long
+as loopback TCP's (dynstore/net.py), named afresh at each start (groups know their members
+by node id, so addresses may change between runs).
 
 A node that exits while the cluster runs is started again after a backoff
 (NODE_RESTART_BACKOFF_*): its replicas recover from their logs and catch up from the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -38,7 +40,6 @@ from dynstore.limits import (CANARY_INTERVAL_S, CHECKPOINT_ENTRIES, CLUSTER_SECR
                              NODE_RESTART_BACKOFF_MIN_S, NODE_RESTART_RESET_S, NODE_START_TIMEOUT_S,
                              REPLICATED_SPLIT_BYTES_DEFAULT)
 from dynstore.node.config import NodeAddress, NodeConfig
-from dynstore.replication.group_process import free_ports
 
 _PR_SET_PDEATHSIG = 1
 
@@ -63,7 +64,7 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
                     canary_interval_s: float = CANARY_INTERVAL_S, heal_after_s: float = HEAL_AFTER_S_DEFAULT
                     ) -> list[NodeConfig]:
     data_dir = os.path.abspath(data_dir)
-    spare = free_ports(2 * nodes)
+    run = secrets.token_hex(8)  # this start's socket names: a node of an earlier run never answers
 
     def endpoint_port(i: int) -> int:
         if port == 0:
@@ -72,7 +73,7 @@ def cluster_configs(nodes: int, host: str, port: int, data_dir: str, region: str
 
     addresses = tuple(
         NodeAddress(i, f"zone-{'abc'[(i - 1) % 3]}", (host, endpoint_port(i)),
-                    ("127.0.0.1", spare[2 * (i - 1)]), ("127.0.0.1", spare[2 * (i - 1) + 1]))
+                    f"\0dynstore-{run}-node-{i}-peer", f"\0dynstore-{run}-node-{i}-forward")
         for i in range(1, nodes + 1))
     secret_file = cluster_secret_file(data_dir)
     return [NodeConfig(n.id, os.path.join(data_dir, f"node-{n.id}", "data"), addresses, region,

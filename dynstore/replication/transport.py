@@ -32,6 +32,7 @@ import logging
 import random
 from collections import Counter
 
+from dynstore import net
 from dynstore.limits import (CONNECT_TIMEOUT_S, PEER_SEND_BUFFER_BYTES_MAX, RECONNECT_BACKOFF_MAX_S,
                              RECONNECT_BACKOFF_MIN_S)
 from dynstore.replication import handshake
@@ -51,15 +52,15 @@ class Listener:
     (yet) registered here is closed; its dialler retries with backoff, so a group created on
     one node links up once the other nodes have opened their replicas of it."""
 
-    def __init__(self, host: str, port: int, secret: bytes = b""):
-        self.host, self.port = host, port
+    def __init__(self, address: net.Address, secret: bytes = b""):
+        self.address = address  # (host, port) or a Unix socket's name (net.py)
         self.secret = secret  # the cluster's (handshake.py)
         self.transports: dict[int, Transport] = {}  # group -> the transport of this process's replica
         self.refused = 0  # links for groups not open here
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accepted, self.host, self.port)
+        self._server = await net.serve(self._accepted, self.address)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -130,13 +131,13 @@ class Faults:
 class Transport:
     """The links of replica ``replica_id`` of ``group`` to its peers.
 
-    ``peers`` maps every replica id of the group (this one included) to its (host, port);
+    ``peers`` maps every replica id of the group (this one included) to its address (net.py);
     ``on_message(m)`` receives each decoded message addressed here, on the event loop.
     A programmer error raised by ``on_message`` stops the transport and is passed to
     ``on_fatal`` (see tasks.py).
     """
 
-    def __init__(self, replica_id: int, group: int, peers: dict[int, tuple[str, int]], on_message, *,
+    def __init__(self, replica_id: int, group: int, peers: dict[int, net.Address], on_message, *,
                  faults: Faults | None = None, on_fatal=None, secret: bytes = b""):
         self.id = replica_id
         self.secret = secret  # the cluster's (handshake.py)
@@ -152,8 +153,7 @@ class Transport:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        host, port = self.peers[self.id]
-        self._server = await asyncio.start_server(self._accepted, host, port)
+        self._server = await net.serve(self._accepted, self.peers[self.id])
         self.dial()
 
     def dial(self) -> None:
@@ -164,7 +164,7 @@ class Transport:
             if peer > self.id:
                 self._dialers[peer] = self._tasks.spawn(self._dial_forever(peer))
 
-    def add_peer(self, peer: int, address: tuple[str, int]) -> None:
+    def add_peer(self, peer: int, address: net.Address) -> None:
         """Link to a replica that joined the group (the one of lower id dials, as in ``dial``)."""
         if peer in self.peers:
             return
@@ -226,11 +226,11 @@ class Transport:
     # --- links ----------------------------------------------------------------------------
 
     async def _dial_forever(self, peer: int) -> None:
-        host, port = self.peers[peer]
+        address = self.peers[peer]
         backoff = RECONNECT_BACKOFF_MIN_S
         while True:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+                reader, writer = await asyncio.wait_for(net.connect(address), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)

@@ -79,6 +79,7 @@ import uuid
 
 import orjson
 
+from dynstore import net
 from dynstore.api.errors import ServiceUnavailable
 from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
                              LOG_KEEP_ENTRIES, REPLICAS)
@@ -129,10 +130,10 @@ def place(zones: dict[int, str], tables_on: dict[int, int]) -> list[int]:
 
 
 class ClusterRouter:
-    """``peers`` maps node id -> replication (host, port) of every node, this one included;
+    """``peers`` maps node id -> replication address (net.py) of every node, this one included;
     ``zones`` maps node id -> zone (default: each node a zone of its own)."""
 
-    def __init__(self, data_dir: str, node_id: int, peers: dict[int, tuple[str, int]], *, on_fatal,
+    def __init__(self, data_dir: str, node_id: int, peers: dict[int, net.Address], *, on_fatal,
                  zones: dict[int, str] | None = None, backend: str | None = None, sync: str = "auto",
                  secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
                  log_keep_entries: int = LOG_KEEP_ENTRIES):
@@ -150,8 +151,7 @@ class ClusterRouter:
         self._sync = sync
         self._tables_dir = os.path.join(data_dir, "tables")
         os.makedirs(self._tables_dir, exist_ok=True)
-        host, port = self._peers[node_id]
-        self.listener = Listener(host, port, secret)
+        self.listener = Listener(self._peers[node_id], secret)
         self.catalog_lock = asyncio.Lock()
         self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"), None)
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of

@@ -21,6 +21,7 @@ import bisect
 import itertools
 import time
 
+from dynstore import net
 from dynstore.api.errors import DynamoDBError, ServiceUnavailable
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.schema import Table
@@ -48,9 +49,9 @@ class _TableMap:
 
 
 class FrontRouter:
-    """``addresses`` maps node id -> (host, port) of every node's forward port."""
+    """``addresses`` maps node id -> every node's forward address (net.py)."""
 
-    def __init__(self, addresses: dict[int, tuple[str, int]], secret: bytes, clock=time.monotonic):
+    def __init__(self, addresses: dict[int, net.Address], secret: bytes, clock=time.monotonic):
         self.links = NodeLinks(addresses, secret, ROUTER)
         self.nodes = sorted(addresses)
         self._turn = itertools.cycle(self.nodes)

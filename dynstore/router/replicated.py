@@ -57,6 +57,7 @@ from typing import Iterator
 
 import orjson
 
+from dynstore import net
 from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import split_batches
 from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
@@ -128,7 +129,7 @@ class ReplicaGroup:
     time. Every replica links to each member the log names, and only to those (``_follow_members``).
     """
 
-    def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, tuple[str, int]],
+    def __init__(self, group: int, directory: str, node_id: int, peers: dict[int, net.Address],
                  listener: Listener, *, on_fatal, election_timeout: float = ELECTION_TIMEOUT_S,
                  backend: str | None = None, sync: str = "auto", directory_of=None, on_child=None,
                  child: bool = False, secret: bytes = b"", checkpoint_entries: int = CHECKPOINT_ENTRIES,
