@@ -40,6 +40,14 @@ def offset(address: Address, k: int) -> Address:
     return address[0], address[1] + k
 
 
+def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write to a link, or drop the data once the link is closing. Over TCP the event loop
+    drops it itself; over a Unix socket it raises on a write after the peer closed. The
+    link's reader sees the end either way."""
+    if not writer.is_closing():
+        writer.write(data)
+
+
 async def connect(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if not isinstance(address, str):
         return await asyncio.open_connection(*address)

@@ -42,6 +42,7 @@ import time
 import orjson
 import uvloop
 
+from dynstore import net
 from dynstore.limits import (CHECKPOINT_ENTRIES, CLIENT_FRAME_BYTES_MAX, ELECTION_TIMEOUT_S, LOG_KEEP_ENTRIES,
                              WAL_SEGMENT_BYTES_DEFAULT)
 from dynstore.replication.errors import Busy, NotLeader
@@ -74,7 +75,7 @@ async def read_frame(reader: asyncio.StreamReader, bytes_max: int = CLIENT_FRAME
 
 def write_frame(writer: asyncio.StreamWriter, obj: dict) -> None:
     body = orjson.dumps(obj)
-    writer.write(_LEN.pack(len(body)) + body)
+    net.send(writer, _LEN.pack(len(body)) + body)
 
 
 async def serve_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer, *,

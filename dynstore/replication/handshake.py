@@ -28,6 +28,7 @@ import struct
 
 import crc32c
 
+from dynstore import net
 from dynstore.limits import CONNECT_TIMEOUT_S
 from dynstore.replication.errors import FrameError
 from dynstore.replication.messages import PROTOCOL_VERSION
@@ -70,12 +71,12 @@ async def dial(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secre
     """Open a connection as ``replica`` for ``group``; FrameError when the other end does not
     prove it holds ``secret``."""
     hello = _hello(group, replica)
-    writer.write(hello)
+    net.send(writer, hello)
     challenge = await _read(reader, _NONCE_BYTES + _MAC_BYTES)
     nonce, mac = challenge[:_NONCE_BYTES], challenge[_NONCE_BYTES:]
     if not hmac.compare_digest(mac, _mac(secret, b"accept", hello, nonce)):
         raise FrameError("the node dialled does not hold this cluster's secret")
-    writer.write(_mac(secret, b"dial", hello, nonce))
+    net.send(writer, _mac(secret, b"dial", hello, nonce))
 
 
 async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> tuple[int, int]:
@@ -84,7 +85,7 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sec
     hello = await _read(reader, _HELLO.size)
     group, replica = _parse_hello(hello)
     nonce = os.urandom(_NONCE_BYTES)
-    writer.write(nonce + _mac(secret, b"accept", hello, nonce))
+    net.send(writer, nonce + _mac(secret, b"accept", hello, nonce))
     answer = await _read(reader, _MAC_BYTES)
     if not hmac.compare_digest(answer, _mac(secret, b"dial", hello, nonce)):
         raise FrameError(f"replica {replica} of group {group} does not hold this cluster's secret")
