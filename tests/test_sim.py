@@ -32,7 +32,7 @@ def test_clocks_drifting_past_the_bound_break_leases_and_the_check_sees_it():
     # outlive the followers' windows, and the per-step lease check must say so. Leaders crashing
     # in their write, or handing over, would cut short the overlaps looked for, so those are off.
     failures = []
-    for seed in range(40, 50):
+    for seed in range(40, 100):  # the overlap is rare: seeds 56 and 77 of these find it
         try:
             sim.Sim(seed, 3000, drift=0.7, faults=sim.Faults(partition=0.01, leader_unsynced=0.0, transfer=0.0)).run()
         except sim.Failure as exc:

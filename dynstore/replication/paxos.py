@@ -256,12 +256,13 @@ class Paxos:
         self.leader: int | None = None
         self.ballot: Ballot | None = None  # ours, while campaigning or leading
         self.max_round = store.promised.round
-        # Whom we backed before a restart is forgotten: refuse other ballots for a full timeout.
-        self.window_until = now + timing.election_timeout
-        self.election_deadline = now
-        self._reset_election(now)
         self._configs: list[tuple[int, Members]] = []  # (slot, members) of every membership in the log
         self._rebuild_configs()
+        # Whom we backed before a restart is forgotten: refuse other ballots for a full timeout
+        # (a replica that never promised a ballot backed no one).
+        self.window_until = now if self._unused() else now + timing.election_timeout
+        self.election_deadline = now
+        self._reset_election(now)
         # Outputs gathered for the next Ready.
         self._persist: list = []
         self._messages: list = []
@@ -718,7 +719,23 @@ class Paxos:
 
     def _reset_election(self, now: float) -> None:
         t = self.timing.election_timeout
+        if self._unused() and self.id == self._first_leader():
+            # A new group (a new table's, a split's half): one member campaigns within a
+            # heartbeat or two of its peers opening, rather than all waiting out a timeout.
+            t = self.timing.heartbeat_interval
         self.election_deadline = now + t + self.rng.random() * t
+
+    def _first_leader(self) -> int | None:
+        """The storage member that opens a new group, chosen by the group's id so that new
+        groups are led from every node."""
+        storage = sorted(r for r, role in self.members if role == STORAGE)
+        return storage[self.group % len(storage)] if storage else None
+
+    def _unused(self) -> bool:
+        """Nothing was ever promised or proposed here: a replica of a group that never had a
+        leader (a replica that lost its files rejoins from a snapshot, and is not this)."""
+        store = self.store
+        return store.promised == ZERO_BALLOT and store.snap.ballot == ZERO_BALLOT and not store.entries
 
     def _can_lead(self) -> bool:
         # A storage replica whose own removal is not committed yet may still lead, as a leader
