@@ -302,10 +302,13 @@ class Replica:
 
     def _tick(self) -> None:
         self._tick_timer = None
-        if not self.joining:
-            self.core.tick(self.clock())
-            self._flush()
-        self._arm_tick()
+        try:
+            if not self.joining:
+                self.core.tick(self.clock())
+                self._flush()
+            self._arm_tick()
+        except BaseException as exc:  # a failing disk or a programmer error: see tasks.py
+            self._tasks.fail(exc)
 
     # --- inputs -----------------------------------------------------------------------------
 
