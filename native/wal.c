@@ -743,7 +743,6 @@ static int recover(ds_wal *w, ds_wal_error *err) {
 
 /* --- the flusher ------------------------------------------------------------------------- */
 
-/* Write a batch to the active segment, rolling as needed; each segment's part made durable. */
 /*
  * posix_fallocate leaves unwritten extents: the first sync after a write into one must
  * convert it, a journal commit that waits behind every other file's data flush (tens of ms
@@ -759,6 +758,7 @@ static int zero_ahead(seg *s, uint64_t upto, ds_wal_error *err) {
     return rc;
 }
 
+/* Write a batch to the active segment, rolling as needed; each segment's part made durable. */
 static int write_batch(ds_wal *w, const buf *b, ds_wal_error *err) {
     seg *s = &w->segs[w->nsegs - 1];
     size_t i = 0;

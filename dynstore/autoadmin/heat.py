@@ -65,8 +65,8 @@ class HeatTracker:
     def rates(self, node: int) -> dict[int, float]:
         """Requests a second of each group on ``node`` from its oldest kept reading (window_s
         before the newest, once it was read that long) to its newest."""
-        readings = self._readings.get(node)
-        if not readings or len(readings) < 2:
+        readings = self._readings.get(node, ())
+        if len(readings) < 2:
             return {}
         (start, before), (end, after) = readings[0], readings[-1]
         return {group: n / (end - start) for group, n in _deltas(before, after).items()}

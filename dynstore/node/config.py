@@ -28,8 +28,8 @@
 of one machine: ``dynstore up`` links its nodes so.
 
 A node runs ``processes`` processes (shard-per-core): process k serves on the endpoint,
-peer and forward ports plus k (socket names with ``.k``), and is a member of the cluster of its own, with id
-``member_id(node, k)`` (process 0 keeps the node's id) in the node's zone. Tables are placed
+peer and forward ports plus k (socket names with ``.k``), and is a member of the cluster of
+its own, with id ``member_id(node, k)`` (process 0 keeps the node's id) in the node's zone. Tables are placed
 on members (router/cluster.py), so the processes of a node share its tables between them,
 and two processes of one node never hold replicas of the same partition (one zone).
 ``expanded`` is the configuration with every node's processes listed as members, which is
