@@ -54,6 +54,10 @@ class NodeLinks:
             log.warning("could not open a forward connection to node %d: %s", node, exc)
             writer.close()
             return None
+        client = self._clients.get(node)
+        if client is not None and not client.closed:
+            writer.close()  # another call opened one meanwhile: one connection per node
+            return client
         client = self._clients[node] = GroupClient(reader, writer, FORWARD_FRAME_BYTES_MAX)
         return client
 
