@@ -377,14 +377,18 @@ TRANSFER_WAIT_S = 0.5
 # Leaders are evened out once a node leads this many partitions more than another node that
 # holds a replica of one of them: one more would move a lead back and forth.
 LEADERS_IMBALANCE_MIN = 2
-# Leads are evened out by request rate as well (autoadmin/leads.py): each partition's rate at its
-# leader is taken over this window (a few control rounds, so one slow round is not a trend), and
-# a lead moves for load once a node leads this many requests a second more than another member
-# of one of its partitions, and this share of its own led load (a lead move costs the partition
-# a round trip without a leader; a smaller gap is noise).
-LEADS_LOAD_WINDOW_S = 5.0
-LEADS_LOAD_IMBALANCE_MIN_RATE = 50.0
-LEADS_LOAD_IMBALANCE_SHARE = 0.25
+# Leads and tables are evened out by request rate as well (autoadmin/balance.py): each
+# partition's rate is taken over this window (a few control rounds, so one slow round is not a
+# trend), and a lead or a table moves for load once a node takes this many requests a second
+# more than another node it could go to, and this share of its own load (a lead move costs the
+# partition a round trip without a leader, a table move a copy of the table; a smaller gap is
+# noise).
+LOAD_WINDOW_S = 5.0
+LOAD_IMBALANCE_MIN_RATE = 50.0
+LOAD_IMBALANCE_SHARE = 0.25
+# Tables are evened out by count once a node holds this many more than another live node of its
+# zone: one more would move a table back and forth.
+TABLES_IMBALANCE_MIN = 2
 # How often the split loop reads each partition's size: the statistics are in memory, so a round
 # costs microseconds per partition, and a second is far shorter than a partition takes to grow
 # by a noticeable part of the split size.

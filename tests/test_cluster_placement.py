@@ -4,10 +4,12 @@ Each table's partitions have their replicas on three nodes, one per zone, and th
 spread over the six; a node keeps files only for the tables placed on it. Every node answers
 for every table, sending a request for a table placed elsewhere to a node that holds it, so
 a client reads its own writes through any endpoint. A table placed on three nodes splits
-there, and a kill -9 of the node leading it, while clients write through nodes that do not
-hold it, loses no acknowledged write. The tests share one cluster, in this order: the kill
-comes last.
+there; two busy tables that share a node are moved apart, each to its own node of the zone,
+while clients write to them; and a kill -9 of the node leading a table, while clients write
+through nodes that do not hold it, loses no acknowledged write. The tests share one cluster,
+in this order: the kill comes last.
 """
+import itertools
 import os
 import time
 
@@ -150,6 +152,30 @@ def test_a_table_splits_on_its_own_nodes(cluster):
         assert all(sorted(p["replicas"]) == [f"node-{n}" for n in hosts] for p in entries)
     for node in outsiders + hosts:
         assert_all_present(cluster.client(node), "growing", acked, consistent=True)
+
+
+def test_busy_tables_on_one_node_are_moved_apart_while_clients_write(cluster):
+    hosts = {table: create_placed(cluster, 1, table) for table in ("hot0", "hot1", "hot2", "hot3")}
+    # Four tables on the two nodes of each zone: two of them share a node.
+    busy = next(pair for pair in itertools.combinations(hosts, 2) if set(hosts[pair[0]]) & set(hosts[pair[1]]))
+    writers = [Writers(cluster, table, count=2, nodes=range(1, NODES + 1)) for table in busy]
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            now = [sorted(holders(cluster, table)) for table in busy]
+            if all(len(h) == 3 for h in now) and not set(now[0]) & set(now[1]):
+                break
+            assert time.monotonic() < deadline, (hosts, now, cluster.describe())
+            time.sleep(0.5)
+        for w in writers:
+            w.wait_acked(len(w.acked) + 50)
+    finally:
+        for w in writers:
+            w.join()
+    for w in writers:
+        assert w.errors == 0, w.last_error
+        for node in cluster.endpoints:
+            assert_all_present(cluster.client(node), w.table, w.acked, consistent=True)
 
 
 def test_node_holding_a_table_killed_while_clients_write_through_others(cluster):

@@ -11,7 +11,7 @@ keeps, router/replicated.py): the partition-key boundary at the median of the sa
 each half takes about half of the requests, whatever their share of the bytes.
 
 The same readings give each group's request rate on each node over the last ``window_s``,
-which the control plane evens out leads by (leads.py).
+which the control plane evens out leads and tables by (balance.py).
 
 Pure: counters and samples come in with the time they were read; no clock, no I/O.
 """

@@ -27,15 +27,16 @@ leader takes over within an election). Each round it:
   replica the log replicas are retired (removed from the groups, then their files). A node
   that answers again after it was replaced finds itself out of the placement and removes
   its replicas;
-* balances: when no partition is moving, a table is moved from the live node of a zone with
-  the most tables to the one with the fewest, once they differ by two or more (a node back
-  after it was replaced, or one added), the same way as healing moves it. A group whose
-  leader is the node moved away loses its leader when the change commits, and elects another;
+* balances: when no partition is moving, one table's replica is moved to another live node
+  of its zone, by request rate first (a node holding the busiest tables does their work at
+  every write) and then by count (a node back after it was replaced, or one added), the same
+  way as healing moves it (balance.py). A replica moved away that leads its group hands the
+  lead to one that stays before it leaves (node/routing.py ``_reconfigure``);
 * evens out leaders, when no table moves: writes and strongly consistent reads run at a
   partition's leader, so the nodes leading the busiest partitions, or most partitions (as
   after a restart, when the others won every election), do most of the work. One partition
   a round is handed (the Transfer call) to another member, by request rate first and then by
-  count (leads.py); after handing over a partition that takes requests the next waits a
+  count (balance.py); after handing over a partition that takes requests the next waits a
   whole window of rates, so that they show where its requests now run. The leader hands
   over at an instant with no write in flight, and the group has no leader for a round trip
   (replication/paxos.py "Transfer").
@@ -52,7 +53,7 @@ import time
 from dynstore import limits
 from dynstore.api.errors import DynamoDBError
 from dynstore.autoadmin.heat import HeatTracker, hot_split_key
-from dynstore.autoadmin.leads import Lead, plan
+from dynstore.autoadmin.balance import Holding, plan, table_replicas
 from dynstore.autoadmin.splits import Splitter
 from dynstore.replication.errors import ReplicationError
 
@@ -71,7 +72,7 @@ class Autoadmin:
                  interval_s: float = limits.SPLIT_CHECK_INTERVAL_S, clock=time.monotonic):
         self.router = state.router
         self.splitter = Splitter(state, split_bytes, interval_s, partitions=self._led)
-        self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s, limits.LEADS_LOAD_WINDOW_S)
+        self.heat = HeatTracker(limits.HOT_SHARE_MIN, hot_rate_min, hot_sustain_s, limits.LOAD_WINDOW_S)
         self._call_node = call_node
         self._nodes = list(nodes)
         self._clock = clock
@@ -174,50 +175,49 @@ class Autoadmin:
         return min(free, key=lambda n: (tables_on.get(n, 0), n)) if free else None
 
     async def _balance(self, maps: list[tuple[dict, list[dict]]]) -> bool:
-        """One move at a time: called only once the last one has settled (``_heal``). True if
-        it started one."""
-        lost = self._lost()
-        tables_on = self.router.tables_on()
-        zones: dict[str, list[int]] = {}
+        """Move one table's replica to another node of its zone, so that the nodes of each zone
+        hold alike by request rate and by count (balance.py). One move at a time: called only
+        once the last one has settled (``_heal``). True if it started one."""
+        rates: dict[int, float] = {}  # group -> requests a second at all its replicas
         for node in self._nodes:
-            if node not in lost:
-                zones.setdefault(self.router.zone(node), []).append(node)
-        for nodes in zones.values():
-            most = max(nodes, key=lambda n: (tables_on.get(n, 0), n))
-            least = min(nodes, key=lambda n: (tables_on.get(n, 0), n))
-            if tables_on.get(most, 0) - tables_on.get(least, 0) < 2:
-                continue
-            for desc, _ in maps:
-                hosts = self.router.hosts(desc["TableId"])
-                if most in hosts and least not in hosts:
-                    log.warning("moving %s from node %d to node %d to even out the tables", desc["TableName"],
-                                most, least)
-                    await self.router.replace_host(desc, most, least)
-                    return True
-        return False
+            for group, rate in self.heat.rates(node).items():
+                rates[group] = rates.get(group, 0.0) + rate
+        tables = [(desc["TableName"], self.router.hosts(desc["TableId"]),
+                   sum(rates.get(p["group"], 0.0) for p in partitions)) for desc, partitions in maps]
+        replicas = table_replicas(tables, {n: self.router.zone(n) for n in self._nodes}, self._lost())
+        move = plan(replicas, rate_min=limits.LOAD_IMBALANCE_MIN_RATE, share=limits.LOAD_IMBALANCE_SHARE,
+                    count_min=limits.TABLES_IMBALANCE_MIN)
+        if move is None:
+            return False
+        replica = move.holding
+        log.warning("moving %s (%.0f requests/s) from node %d to node %d to even out the nodes' %s", replica.name,
+                    replica.rate, replica.holder, move.to, move.why)
+        await self.router.replace_host(maps[replica.key][0], replica.holder, move.to)
+        return True
 
     async def _even_leaders(self, maps: list[tuple[dict, list[dict]]]) -> None:
         """Hand one partition's lead to another of its members, so that the nodes lead alike by
-        request rate and by count (leads.py). Only in a group whose every member answered the
+        request rate and by count (balance.py). Only in a group whose every member answered the
         last rounds: one with a member stopped or cut off has no slack for a change of leader."""
         now = self._clock()
-        if now - self._load_moved_at < limits.LEADS_LOAD_WINDOW_S:
+        if now - self._load_moved_at < limits.LOAD_WINDOW_S:
             return
         answering = {n for n in self._nodes if now - self._heard.get(n, -1e9) <= 2 * self.interval_s}
         rates = {node: self.heat.rates(node) for node in self._nodes}
-        leads = [Lead(desc["TableName"], p["group"], p["leader"], tuple(m for m in p["members"] if m not in p["logs"]),
-                      rates[p["leader"]].get(p["group"], 0.0), set(p["members"]) <= answering)
+        leads = [Holding(desc["TableName"], p["group"], p["leader"],
+                         tuple(m for m in p["members"] if m not in p["logs"]),
+                         rates[p["leader"]].get(p["group"], 0.0), set(p["members"]) <= answering)
                  for desc, partitions in maps for p in partitions if p["leader"] in rates]
-        move = plan(leads, rate_min=limits.LEADS_LOAD_IMBALANCE_MIN_RATE, share=limits.LEADS_LOAD_IMBALANCE_SHARE,
+        move = plan(leads, rate_min=limits.LOAD_IMBALANCE_MIN_RATE, share=limits.LOAD_IMBALANCE_SHARE,
                     count_min=limits.LEADERS_IMBALANCE_MIN)
         if move is None:
             return
-        lead = move.lead
-        led = [x for x in leads if x.leader == lead.leader]
+        lead = move.holding
+        led = [x for x in leads if x.holder == lead.holder]
         log.info("node %d leads %d partitions at %.0f requests/s: handing node %d the lead of partition %d of %s "
-                 "(%.0f/s) for %s", lead.leader, len(led), sum(x.rate for x in led), move.to, lead.group, lead.table,
+                 "(%.0f/s) for %s", lead.holder, len(led), sum(x.rate for x in led), move.to, lead.key, lead.name,
                  lead.rate, move.why)
-        await self.router.control("Transfer", {"table": lead.table, "group": lead.group, "to": move.to})
+        await self.router.control("Transfer", {"table": lead.name, "group": lead.key, "to": move.to})
         if lead.rate > 0:
             self._load_moved_at = now
 

@@ -47,7 +47,9 @@ table's next requests.
 A request for a group led elsewhere is forwarded to the leader's node over the forward
 port, following the replica's leader hint; with no leader known (an election) it waits
 and retries until FORWARD_WAIT_S, then answers ServiceUnavailable (retryable). Each hop
-counts, and a request is not forwarded more than FORWARD_HOPS_MAX times.
+counts, and a request is not forwarded more than FORWARD_HOPS_MAX times: while a leader
+changes, stale hints can pass it round in a circle. The node the client asked then routes it
+again after a poll, until FORWARD_WAIT_S (ServiceUnavailable means nothing was done).
 
 Forward protocol (node to node, on each node's forward port): after the opening of
 dynstore/replication/handshake.py (group FORWARD, the caller's node id, the cluster's
@@ -216,7 +218,7 @@ class Routing:
         self.links = NodeLinks(forward_addresses, self.router.secret, node_id)
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
-        self.leader_waits = 0  # times a request waited FORWARD_POLL_S for its group's leader
+        self.leader_waits = 0  # times a request waited FORWARD_POLL_S for its group's leader, or to route again
         # Group -> the highest slot another node reported to this one (in a forwarded request or
         # an answer) that this node's replica had not applied yet when it last looked.
         self._heard: dict[int, int] = {}
@@ -229,9 +231,24 @@ class Routing:
 
     def _entry(self, op: str):
         async def routed(state, request: dict) -> dict:
-            return await self.route(op, request, 0)
+            return await self._from_client(op, request)
         routed.__name__ = op
         return routed
+
+    async def _from_client(self, op: str, request: dict) -> dict:
+        """``route`` for a client's request. One that found no leader or no node of its table
+        along the way did nothing (ServiceUnavailable): while leaders change, nodes' hints can
+        send it around in a circle until its hops run out. It is routed again from here after
+        FORWARD_POLL_S, by when the election or the move is over, until FORWARD_WAIT_S."""
+        deadline = time.monotonic() + FORWARD_WAIT_S
+        while True:
+            try:
+                return await self.route(op, request, 0)
+            except ServiceUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+            self.leader_waits += 1
+            await asyncio.sleep(FORWARD_POLL_S)
 
     # --- deciding where -----------------------------------------------------------------------
 
@@ -358,6 +375,10 @@ class Routing:
     async def _at_leader(self, group, op: str, request: dict, hops: int) -> dict:
         deadline = time.monotonic() + FORWARD_WAIT_S
         while True:
+            if group is not self.router.meta and self.router.groups.get(group.group) is not group:
+                # This node's replica was closed meanwhile (the table was moved off this node):
+                # it hears of no leader any more, so the request is routed afresh.
+                return await self._again(op, request, hops)
             if group.is_leader():
                 try:
                     await group.read_barrier()
@@ -493,6 +514,13 @@ class Routing:
             answer = await self.call_node(node, "Join", {"table": request["table"], "group": group.group,
                                                          "members": group.members(), "log": log_only})
             ready = answer["ready"]
+        elif group.next_to_remove(hosts, logs) == self.node_id:
+            # This leader leaves: it hands the lead to a storage member that stays first, so the
+            # group keeps a leader throughout instead of electing one once it has left (next
+            # round the new leader removes it). Should no instant for that come, it leaves anyway.
+            stays = [n for n in hosts if n in group.members() and n not in group.log_members()]
+            if stays and await group.transfer(stays[0]):
+                return {"done": False}
         return {"done": group.reconfigure(hosts, logs, ready)}
 
     async def _transfer(self, request: dict) -> dict:

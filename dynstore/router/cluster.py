@@ -225,13 +225,23 @@ class ClusterRouter:
         return self._zones[node]
 
     def holds(self, desc: dict) -> bool:
-        """Whether this node holds replicas of the table's partitions."""
+        """Whether the table is placed on this node."""
         return self.node_id in self.hosts(desc["TableId"])
 
+    def _has(self, desc: dict) -> bool:
+        """Whether this node has replicas of the table to serve from: it is placed here, or it
+        was moved off this node and its storage replicas have not left their groups yet (one
+        that leads a group leaves it last, and serves it until then), and no older files of
+        the table are being removed."""
+        if desc["TableId"] in self._removing:
+            return False
+        root = self.groups.get(table_group(desc["TableId"]))
+        return self.holds(desc) or (root is not None and not root.log_only)
+
     def serves(self, desc: dict) -> bool:
-        """Whether this node's replicas can serve the table now: it holds them, none still
-        waits for its first snapshot, and no older files of the table are being removed."""
-        if not self.holds(desc) or desc["TableId"] in self._removing:
+        """Whether this node's replicas can serve the table now: it has them (``_has``) and
+        none still waits for its first snapshot."""
+        if not self._has(desc):
             return False
         if self._joining:
             # Every replica opened here since took a snapshot: forget them.
@@ -315,12 +325,15 @@ class ClusterRouter:
         """This node's replicas of the table's partitions, in key order (none: the table is
         placed elsewhere)."""
         table_id = desc["TableId"]
-        if not self.holds(desc) or table_id in self._removing:
+        if not self._has(desc):
             return []
+        placed = self.holds(desc)
         found, todo = [], [(b"", table_group(table_id), False)]
         while todo:
             start, group_id, child = todo.pop()
-            group = self.groups.get(group_id) or self._open(table_id, group_id, child=child)
+            group = self.groups.get(group_id) or (self._open(table_id, group_id, child=child) if placed else None)
+            if group is None:
+                continue  # moved off this node: a split's new group is not opened here any more
             found.append((start, group))
             todo.extend((key, g, True) for key, g in group.range.children)
         found.sort(key=lambda entry: entry[0])
@@ -338,7 +351,7 @@ class ClusterRouter:
         """This node's replica of the group that holds item storage key ``key``, as far as this
         node's replicas know. StaleRange when the table is not placed here (it was placed
         elsewhere after the request was routed): the request is routed again."""
-        if not self.holds(desc) or desc["TableId"] in self._removing:
+        if not self._has(desc):
             raise StaleRange(table_group(desc["TableId"]))
         group = self.groups.get(table_group(desc["TableId"])) or self._open(desc["TableId"],
                                                                              table_group(desc["TableId"]))
@@ -347,7 +360,11 @@ class ClusterRouter:
             if rng.holds(key) or not group.seeded:
                 return group
             child = max((c for c in rng.children if c[0] <= key), key=lambda c: c[0])[1]
-            group = self.groups.get(child) or self._open(desc["TableId"], child, child=True)
+            group = self.groups.get(child)
+            if group is None:
+                if not self.holds(desc):
+                    raise StaleRange(child)  # moved off this node: the request is routed again
+                group = self._open(desc["TableId"], child, child=True)
 
     def join(self, desc: dict, group_id: int, *, log_only: bool = False) -> ReplicaGroup:
         """This node's replica of a group of a table placed here (or a log replica, on a node

@@ -205,6 +205,10 @@ class ReplicaGroup:
             return node, node in logs
         return None
 
+    def next_to_remove(self, hosts: list[int], logs: list[int]) -> int | None:
+        """The member ``reconfigure`` removes once no node is to be added: this leader last."""
+        return min(set(self.members()) - set(hosts) - set(logs), key=lambda r: (r == self.node_id, r), default=None)
+
     def reconfigure(self, hosts: list[int], logs: list[int], ready: bool) -> bool:
         """One step, at the leader, toward the membership of storage replicas ``hosts`` and
         log replicas ``logs``: add the next missing node (``next_to_add``) once ``ready`` says
@@ -213,7 +217,7 @@ class ReplicaGroup:
         True once the members are those. Busy while the previous change is in flight."""
         members = dict(self.replica.core.members)
         wanted = {**{n: STORAGE for n in hosts}, **{n: LOG for n in logs}}
-        remove = sorted(set(members) - set(wanted), key=lambda r: (r == self.node_id, r))
+        remove = self.next_to_remove(hosts, logs)
         adding = self.next_to_add(hosts, logs)
         if adding is not None:
             node, log_only = adding
@@ -222,8 +226,8 @@ class ReplicaGroup:
                 self.replica.ship_snapshot(node, log_only=log_only)
                 return False
             members[node] = wanted[node]
-        elif remove:
-            del members[remove[0]]
+        elif remove is not None:
+            del members[remove]
         else:
             return True
         self.replica.change_members(tuple(sorted(members.items())))
