@@ -17,7 +17,14 @@ from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from libc.errno cimport errno, ENOSPC, EDQUOT, EINTR
 from posix.unistd cimport fdatasync, ftruncate, pread, pwrite
+from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        FALLOC_FL_KEEP_SIZE
+        FALLOC_FL_PUNCH_HOLE
+    int fallocate(int fd, int mode, off_t offset, off_t length)
 
 import array
 import os
@@ -318,6 +325,10 @@ cdef class NativeBTree:
     cdef uint32_t ck_root
     cdef uint8_t ck_meta[PAGE]
     cdef U32Vec ck_pending, ck_fl
+    cdef size_t allocs                  # pages taken (and kept) since the last checkpoint began
+    cdef size_t ck_taken                # pages taken before it began: about what the next ones take
+    cdef uint64_t punched               # pages whose disk blocks went back to the file system
+    cdef bint can_punch                 # the file system makes holes (cleared the first time it refuses)
     # Scratch space of one operation (the tree is used from one thread).
     cdef int32_t path_frame[HEIGHT_MAX]   # pinned frames from the root down
     cdef int32_t path_index[HEIGHT_MAX]   # child index taken at each internal level
@@ -355,6 +366,7 @@ cdef class NativeBTree:
         memset(self.table, 0xFF, table_size * sizeof(int32_t))
         self.deferred = []
         self.snapshots = {}
+        self.can_punch = True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.fd = fd
         try:
@@ -661,15 +673,17 @@ cdef class NativeBTree:
             memset(bits + self.fresh_bytes, 0, size - self.fresh_bytes)
             self.fresh, self.fresh_bytes = bits, size
         self.fresh[pno >> 3] |= 1 << (pno & 7)
+        self.allocs += 1
         # A clean copy a snapshot read before the page was freed: stale now.
         self.drop_frame(pno)
         return pno
 
     cdef int free_page(self, uint32_t pno) except -1:
         if self.is_fresh(pno):
-            # Referenced by no checkpoint and no snapshot: reusable at once.
+            # Referenced by no checkpoint and no snapshot: reusable at once, and not taken after all.
             self.fresh[pno >> 3] &= ~(1 << (pno & 7))
             heap_push(&self.reusable, pno)
+            self.allocs -= 1
             self.drop_frame(pno)
         else:
             vec_push(&self.pending, pno)
@@ -917,6 +931,7 @@ cdef class NativeBTree:
             "cache_evictions": self.evictions,
             "dirty_pages": dirty,
             "snapshots": sum(self.snapshots.values()),
+            "punched_pages": self.punched,
         }
 
     # --- writes ----------------------------------------------------------------------------
@@ -1347,6 +1362,7 @@ cdef class NativeBTree:
             self.pending.len = 0
             self.ck_pending = pending
             self.ck_fl = fl
+            self.ck_taken, self.allocs = self.allocs, 0
             pending.items, pending.len, pending.cap = NULL, 0, 0
             fl.items, fl.len, fl.cap = NULL, 0, 0
             self.ck_state = 1
@@ -1378,10 +1394,35 @@ cdef class NativeBTree:
             self.deferred.append((self.gen, array.array("I", [self.ck_pending.items[j]
                                                               for j in range(self.ck_pending.len)])))
         else:
+            if self.ck_pending.len >= self.ck_taken + PUNCH_PAGES_MIN:
+                self.punch(&self.ck_pending, self.ck_taken)
             for j in range(self.ck_pending.len):
                 heap_push(&self.reusable, self.ck_pending.items[j])
         vec_free(&self.ck_pending)
         self.ck_state = 0
+
+    cdef void punch(self, U32Vec *pages, size_t keep) noexcept:
+        """Give the file system back the disk blocks of ``pages`` (free pages) but the ``keep``
+        lowest, which the next checkpoints reuse first. A free page is written before it is
+        read again, so its hole (reading as zeros) loses nothing, and the file keeps its size.
+        This is for a checkpoint that freed far more than it wrote (many deletes, such as a
+        partition's split): a steady stream of updates frees about what it writes, and making
+        holes only for the same pages to be written again would cost the disk twice."""
+        cdef size_t i, j
+        if not self.can_punch:
+            return
+        qsort(pages.items, pages.len, sizeof(uint32_t), cmp_u32)
+        i = keep
+        while i < pages.len:
+            j = i + 1
+            while j < pages.len and pages.items[j] == pages.items[j - 1] + 1:
+                j += 1
+            if fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <off_t>pages.items[i] * PAGE,
+                         <off_t>(j - i) * PAGE) != 0:
+                self.can_punch = False  # not this file system (a failure here is only space not given back)
+                return
+            self.punched += j - i
+            i = j
 
     def close(self):
         """Release the file. Changes since the last checkpoint are dropped, as in a crash."""

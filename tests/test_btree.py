@@ -368,6 +368,43 @@ def test_freed_pages_are_reused_across_checkpoints(tree):
     assert sizes[-1] == sizes[-2] == sizes[-3]
 
 
+def test_pages_freed_in_bulk_give_their_disk_blocks_back_and_are_reused(storage_backend, tmp_path):
+    """A checkpoint after many deletes (as when a partition splits and half its items leave)
+    makes holes of the pages it freed but those the next checkpoints reuse: the file keeps its
+    size, not its blocks. Steady updates free what they write, and make none."""
+    path = tmp_path / "t.db"
+    t = open_tree(path)
+    rng = random.Random(5)
+    model = {f"k{i:06d}".encode(): rng.randbytes(1000) for i in range(8000)}
+    t.write_batch(model.items())
+    t.checkpoint(1)
+    for lsn in range(2, 5):
+        updates = {k: rng.randbytes(1000) for k in rng.sample(sorted(model), 500)}
+        t.write_batch(updates.items())
+        model.update(updates)
+        t.checkpoint(lsn)
+    assert t.stats()["punched_pages"] == 0
+    size, blocks = os.stat(path).st_size, os.stat(path).st_blocks
+    gone = sorted(model)[2000:]
+    t.write_batch((k, None) for k in gone)
+    for k in gone:
+        del model[k]
+    t.checkpoint(5)
+    punched = t.stats()["punched_pages"]
+    assert punched * limits.BTREE_PAGE_BYTES > 4_000_000, t.stats()
+    assert os.stat(path).st_size == size and os.stat(path).st_blocks * 512 < blocks * 512 - 4_000_000
+    # New items go into the freed pages, holes or not, and everything reads back after a reopen.
+    more = {f"n{i:06d}".encode(): rng.randbytes(1000) for i in range(3000)}
+    t.write_batch(more.items())
+    model.update(more)
+    t.checkpoint(6)
+    assert os.stat(path).st_size == size
+    t.close()
+    t = open_tree(path)
+    assert list(t.scan()) == sorted(model.items())
+    t.close()
+
+
 def test_files_are_shared_by_both_backends(tmp_path):
     pytest.importorskip("dynstore.storage._btree")
     rng = random.Random(9)

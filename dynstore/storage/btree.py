@@ -39,7 +39,13 @@ after the left page's last key. A cell (slot included) is at most a third of the
 body, so any split leaves two pages that fit; a value that would make it larger goes to
 a chain of overflow pages (16352 payload bytes each).
 
-A free-list page lists u32 page numbers that the checkpoint's tree does not use.
+A free-list page lists u32 page numbers that the checkpoint's tree does not use. The file
+never shrinks, but a checkpoint that freed at least 64 pages more than were taken since the
+one before (many deletes: a partition's split takes half its items away) gives the disk
+blocks of the excess back to the file system (``fallocate`` punching holes; ``stats()``
+counts them as ``punched_pages``), keeping the lowest free pages, which the next
+checkpoints reuse first. A free page is written before it is read again, so its hole,
+reading as zeros, loses nothing. Steady updates free about what they take and make none.
 
 Copy-on-write and faults survived
 ---------------------------------

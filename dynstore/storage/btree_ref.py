@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import errno
 import heapq
 import os
@@ -35,6 +36,7 @@ SLOT_BYTES = 2
 OVERFLOW_BYTES = USABLE  # value bytes per overflow page
 FREELIST_ENTRIES = USABLE // 4  # page numbers per free-list page
 FLAG_OVERFLOW = 1  # leaf cell flag: the value lives in an overflow chain, the cell holds its first page
+PUNCH_PAGES_MIN = 64  # a checkpoint frees this many pages more than it wrote: holes for them
 
 MAGIC = b"dynbtree"
 FORMAT_VERSION = 1
@@ -52,6 +54,10 @@ META = struct.Struct("<8sIIQIIIIQI")
 CELL = struct.Struct("<HHI")
 U32 = struct.Struct("<I")
 assert HEADER.size == HEADER_BYTES
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2  # linux/falloc.h
 
 _NO_OVERFLOW_CELL = SLOT_BYTES + LEAF_CELL_HEADER + limits.BTREE_KEY_BYTES_MAX + 4
 assert _NO_OVERFLOW_CELL <= CELL_BYTES_MAX  # the largest key with an overflowed value still fits
@@ -199,6 +205,9 @@ class ReferenceBTree:
         self._snapshots: dict[int, int] = {}  # generation -> open snapshots
         self._freelist_pages: list[int] = []  # pages holding the last checkpoint's free list
         self._ck: dict | None = None  # the checkpoint under way (checkpoint_begin .. checkpoint_end)
+        self._allocs = 0  # pages taken (and kept) since the last checkpoint began
+        self._punched = 0  # pages whose disk blocks went back to the file system
+        self._can_punch = True  # the file system makes holes (cleared the first time it refuses)
         self._fd = -1
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -400,15 +409,17 @@ class ReferenceBTree:
                 raise StorageError(f"{self._path} reached the format's 2^32 pages")
             self._page_count += 1
         self._fresh.add(pno)
+        self._allocs += 1
         stale = self._pool.pop(pno, None)  # a clean copy a snapshot read before the page was freed
         assert stale is None or (not stale.dirty and not stale.pins)
         return pno
 
     def _free(self, pno: int) -> None:
         if pno in self._fresh:
-            # Referenced by no checkpoint and no snapshot: reusable at once.
+            # Referenced by no checkpoint and no snapshot: reusable at once, and not taken after all.
             self._fresh.discard(pno)
             heapq.heappush(self._reusable, pno)
+            self._allocs -= 1
             self._pool.pop(pno, None)
         else:
             self._pending.append(pno)
@@ -577,6 +588,7 @@ class ReferenceBTree:
             "cache_evictions": self._evictions,
             "dirty_pages": sum(1 for node in self._pool.values() if node.dirty),
             "snapshots": sum(self._snapshots.values()),
+            "punched_pages": self._punched,
         }
 
     # --- writes --------------------------------------------------------------------------
@@ -865,7 +877,8 @@ class ReferenceBTree:
         self._fresh.clear()
         self._pending = []
         self._ck = {"gen": gen, "lsn": lsn, "root": self._root, "meta": meta, "pending": pending,
-                    "freelist": fl_pages, "sealed": False}
+                    "freelist": fl_pages, "taken": self._allocs, "sealed": False}
+        self._allocs = 0
 
     def checkpoint_seal(self) -> None:
         """Write the begun checkpoint's meta page, once its pages are durable (sync_data)."""
@@ -887,8 +900,30 @@ class ReferenceBTree:
         if self._snapshots:
             self._deferred.append((ck["gen"], ck["pending"]))
         else:
+            if len(ck["pending"]) >= ck["taken"] + PUNCH_PAGES_MIN:
+                self._punch(ck["pending"], ck["taken"])
             for pno in ck["pending"]:
                 heapq.heappush(self._reusable, pno)
+
+    def _punch(self, pages: list[int], keep: int) -> None:
+        """Give the file system back the disk blocks of free ``pages`` but the ``keep`` lowest,
+        which the next checkpoints reuse first: a free page is written before it is read again,
+        so its hole loses nothing. Only for a checkpoint that freed far more than it wrote (a
+        steady stream of updates frees what it writes; holes there would cost the disk twice)."""
+        if not self._can_punch:
+            return
+        pages = sorted(pages)[keep:]
+        i = 0
+        while i < len(pages):
+            j = i + 1
+            while j < len(pages) and pages[j] == pages[j - 1] + 1:
+                j += 1
+            if _libc.fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, pages[i] * PAGE,
+                               (j - i) * PAGE) != 0:
+                self._can_punch = False  # not this file system (a failure here is only space not given back)
+                return
+            self._punched += j - i
+            i = j
 
     def close(self) -> None:
         """Release the file. Changes since the last checkpoint are dropped, as in a crash."""
