@@ -120,10 +120,15 @@ def test_tables_are_placed_one_per_zone_and_served_through_every_node(cluster):
     got = clients[outsider].batch_get_item(RequestItems={
         table: {"Keys": [{"pk": {"S": "batch"}, "sk": {"N": "7"}}], "ConsistentRead": True} for table in tables})
     assert sorted(got["Responses"]) == sorted(tables) and all(len(v) == 1 for v in got["Responses"].values())
+    # UpdateTable and DeleteTable run at the metadata leader, which holds two of the four tables:
+    # their answers count each table's items wherever it is placed.
+    for table in tables:
+        described = clients[1].update_table(TableName=table, DeletionProtectionEnabled=False)["TableDescription"]
+        assert described["ItemCount"] == NODES + 1 and described["TableSizeBytes"] > 0, (table, placement[table])
     # DeleteTable through a node that does not hold the table: its nodes remove their files.
     tid = table_id(cluster, "placed3")
     outsider = next(n for n in clients if n not in placement["placed3"])
-    clients[outsider].delete_table(TableName="placed3")
+    assert clients[outsider].delete_table(TableName="placed3")["TableDescription"]["ItemCount"] == NODES + 1
     deadline = time.monotonic() + 10
     for node in placement["placed3"]:
         while os.path.exists(os.path.join(cluster.directory, f"node-{node}", "data", "tables", tid)):

@@ -114,6 +114,8 @@ from dynstore.router.replicated import PROPOSED
 
 log = logging.getLogger(__name__)
 
+# Catalog changes whose answer describes the table, with its figures (_described_change).
+_DESCRIBED_CHANGES = frozenset({"UpdateTable", "DeleteTable"})
 _CATALOG_CHANGES = frozenset({"CreateTable", "DeleteTable", "UpdateTable", "TagResource", "UntagResource",
                               "UpdateTimeToLive"})
 _CATALOG_READS = frozenset({"DescribeTable", "DescribeTimeToLive", "ListTagsOfResource"})
@@ -386,6 +388,8 @@ class Routing:
                             and None not in map(self.router.table, _tables(op, request)):
                         # Asked as the metadata leader about a table: it is known now, route it.
                         return await self._again(op, request, hops)
+                    if group is self.router.meta and op in _DESCRIBED_CHANGES:
+                        return await self._described_change(op, request, hops)
                     # Catalog changes read table partitions only for their figures (DescribeTable's).
                     return await self._run(op, request, group is not self.router.meta)
                 except NotLeader:
@@ -417,6 +421,30 @@ class Routing:
                                          f"{FORWARD_WAIT_S} s")
             self.leader_waits += 1
             await asyncio.sleep(FORWARD_POLL_S)
+
+    async def _described_change(self, op: str, request: dict, hops: int) -> dict:
+        """UpdateTable or DeleteTable at the metadata leader. Their answer describes the table
+        with its item count and sizes, which only the nodes it is placed on know: for a table
+        placed elsewhere they are asked first (DescribeTable; before the change, since a
+        deleted table has no nodes to ask), and the answer carries their figures."""
+        desc = self.router.table(request["TableName"])
+        if desc is None or self.router.serves(desc):
+            return await self._run(op, request, False)
+        try:
+            described = (await self._to_hosts(desc, "DescribeTable", {"TableName": desc["TableName"]}, hops))["Table"]
+        except DynamoDBError:
+            described = None  # none of its nodes could tell: the change goes on, with figures of 0
+        answer = await self._run(op, request, False)
+        table = answer["TableDescription"]
+        if described is not None and table.get("TableId") == described.get("TableId"):
+            table["ItemCount"], table["TableSizeBytes"] = described["ItemCount"], described["TableSizeBytes"]
+            for kind in ("LocalSecondaryIndexes", "GlobalSecondaryIndexes"):
+                figures = {index["IndexName"]: index for index in described.get(kind, ())}
+                for index in table.get(kind, ()):
+                    if index["IndexName"] in figures:
+                        index["ItemCount"] = figures[index["IndexName"]]["ItemCount"]
+                        index["IndexSizeBytes"] = figures[index["IndexName"]]["IndexSizeBytes"]
+        return answer
 
     async def _run(self, op: str, request: dict, strong: bool, vouched=frozenset()) -> dict:
         """Run the operation here; Reroute and StaleRange (nothing was done) to the caller."""
