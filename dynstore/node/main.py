@@ -28,6 +28,7 @@ leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -171,6 +172,7 @@ def main(config_path: str):
     config = processes[0]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s")
+    faulthandler.enable()  # a crash in native code leaves every thread's stack in node.log
     sys.exit(uvloop.run(serve(config)))
 
 
