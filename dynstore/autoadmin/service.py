@@ -26,7 +26,7 @@ leader takes over within an election). Each round it:
   leader's state, then the lost replica is removed; once every group has its new storage
   replica the log replicas are retired (removed from the groups, then their files). A node
   that answers again after it was replaced finds itself out of the placement and removes
-  its replicas once they are out of their groups (router/cluster.py ``_movable``);
+  its replicas;
 * balances: when no partition is moving, one table's replica is moved to another live node
   of its zone, by request rate first (a node holding the busiest tables does their work at
   every write) and then by count (a node back after it was replaced, or one added), the same

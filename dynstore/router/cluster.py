@@ -464,17 +464,13 @@ class ClusterRouter:
                 await self._remove(table_id)
 
     def _movable(self, table_id: str) -> bool:
-        """This node has replicas of the table to remove, and each has left its group: the
-        published partition map names other members for it. Until then a table moved off this
-        node keeps its replicas here, serving, so that each group keeps three live replicas
-        while the new one joins (a leader hands its lead over before it is removed, last)."""
-        groups = [g for g, t in self._table_of.items() if t == table_id]
-        if not groups:
-            return os.path.exists(os.path.join(self._tables_dir, table_id))
-        stored = self.stored_map(table_id)
-        members = {p["group"]: p["members"] for p in stored["partitions"]} if stored else {}
-        return all(g in members and self.node_id not in members[g] and not self.groups[g].is_leader()
-                   for g in groups)
+        """This node has replicas of the table to remove, and none of them leads its group (a
+        leader is removed from its group last, after handing its lead over; the removal follows
+        the next change to the catalog, such as the new partition map)."""
+        groups = [self.groups[g] for g, t in self._table_of.items() if t == table_id]
+        if any(group.is_leader() for group in groups):
+            return False
+        return bool(groups) or os.path.exists(os.path.join(self._tables_dir, table_id))
 
     async def _reconcile_forever(self) -> None:
         while True:
