@@ -28,7 +28,7 @@ cdef enum:
     CHAIN_PAGES_MAX = 33           # ceil(VALUE_BYTES_MAX / OVERFLOW_BYTES): pages of the largest value
     HEIGHT_MAX = 40                # dynstore.limits.BTREE_HEIGHT_MAX
     CELLS_MAX = 1636               # USABLE / (SLOT_BYTES + CELL_HEADER) + 1: a full page plus the new cell
-    PUNCH_PAGES_MIN = 64           # a checkpoint frees this many pages more than it wrote: holes for them
+    PUNCH_PAGES_MIN = 64           # a checkpoint frees this many pages more than were taken: holes for them
 
     TYPE_META = 1
     TYPE_LEAF = 2

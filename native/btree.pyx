@@ -1405,8 +1405,8 @@ cdef class NativeBTree:
         """Give the file system back the disk blocks of ``pages`` (free pages) but the ``keep``
         lowest, which the next checkpoints reuse first. A free page is written before it is
         read again, so its hole (reading as zeros) loses nothing, and the file keeps its size.
-        This is for a checkpoint that freed far more than it wrote (many deletes, such as a
-        partition's split): a steady stream of updates frees about what it writes, and making
+        This is for a checkpoint that freed far more than was taken (many deletes, such as a
+        partition's split): a steady stream of updates frees about what it takes, and making
         holes only for the same pages to be written again would cost the disk twice."""
         cdef size_t i, j
         if not self.can_punch:

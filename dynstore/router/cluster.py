@@ -230,9 +230,9 @@ class ClusterRouter:
 
     def _has(self, desc: dict) -> bool:
         """Whether this node has replicas of the table to serve from: it is placed here, or it
-        was moved off this node and its storage replicas have not left their groups yet (one
-        that leads a group leaves it last, and serves it until then), and no older files of
-        the table are being removed."""
+        was moved off this node and still has them open (a follower's go with the next change
+        to the catalog; one that leads its group stays, serving, until it has handed its lead
+        over), and no older files of the table are being removed."""
         if desc["TableId"] in self._removing:
             return False
         root = self.groups.get(table_group(desc["TableId"]))
@@ -323,7 +323,7 @@ class ClusterRouter:
 
     def _walk(self, desc: dict) -> list[ReplicaGroup]:
         """This node's replicas of the table's partitions, in key order (none: the table is
-        placed elsewhere)."""
+        placed elsewhere, and none of its replicas is left open here)."""
         table_id = desc["TableId"]
         if not self._has(desc):
             return []

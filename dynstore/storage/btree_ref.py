@@ -36,7 +36,7 @@ SLOT_BYTES = 2
 OVERFLOW_BYTES = USABLE  # value bytes per overflow page
 FREELIST_ENTRIES = USABLE // 4  # page numbers per free-list page
 FLAG_OVERFLOW = 1  # leaf cell flag: the value lives in an overflow chain, the cell holds its first page
-PUNCH_PAGES_MIN = 64  # a checkpoint frees this many pages more than it wrote: holes for them
+PUNCH_PAGES_MIN = 64  # a checkpoint frees this many pages more than were taken: holes for them
 
 MAGIC = b"dynbtree"
 FORMAT_VERSION = 1
@@ -908,8 +908,8 @@ class ReferenceBTree:
     def _punch(self, pages: list[int], keep: int) -> None:
         """Give the file system back the disk blocks of free ``pages`` but the ``keep`` lowest,
         which the next checkpoints reuse first: a free page is written before it is read again,
-        so its hole loses nothing. Only for a checkpoint that freed far more than it wrote (a
-        steady stream of updates frees what it writes; holes there would cost the disk twice)."""
+        so its hole loses nothing. Only for a checkpoint that freed far more than was taken (a
+        steady stream of updates frees what it takes; holes there would cost the disk twice)."""
         if not self._can_punch:
             return
         pages = sorted(pages)[keep:]
