@@ -226,3 +226,22 @@ def test_status_of_an_unreachable_endpoint_is_an_error():
     out = subprocess.run([sys.executable, "-c", "from dynstore.cli import main; main()", "status", "--endpoint",
                           "http://127.0.0.1:9"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot read the status" in out.stderr
+
+
+def test_the_probes_of_a_round_are_spread_over_it(node):
+    """Probes sent at one instant would be a burst of writes that clients' requests queue
+    behind: a round of four partitions starts one every quarter of the interval."""
+    started = []
+
+    async def probe(value: bytes):
+        started.append(asyncio.get_running_loop().time())
+        return True, True
+
+    def partitions(router):
+        return {("t", n): probe for n in range(4)}
+
+    canary = Canary(node.state.router, partitions=partitions, clock=node.clock, interval_s=0.2)
+    node.run(canary.round())
+    gaps = [b - a for a, b in zip(started, started[1:])]
+    assert len(started) == 4 and all(0.04 <= gap < 0.1 for gap in gaps), gaps
+    assert canary.availability([("t", n) for n in range(4)])[1:3] == (1.0, 8)
