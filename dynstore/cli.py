@@ -66,7 +66,7 @@ def main():
 @click.option("--split-bytes", type=click.IntRange(min=1), default=None,
               help=f"Split a partition once its items pass this many bytes (default: "
                    f"{limits.PARTITION_SPLIT_BYTES_DEFAULT} in one process, {limits.REPLICATED_SPLIT_BYTES_DEFAULT} "
-                   f"in a cluster, whose splits copy on the event loop).")
+                   f"in a cluster, where a partition's writes wait while it splits).")
 @click.option("--hot-rate", type=click.FloatRange(min=0, min_open=True), default=limits.HOT_RATE_MIN_DEFAULT,
               show_default=True, help="Split a partition that takes half a node's requests at this many per "
                                       "second ... (cluster)")

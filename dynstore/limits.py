@@ -353,11 +353,12 @@ assert NODE_RESTART_BACKOFF_MIN_S < NODE_RESTART_BACKOFF_MAX_S < NODE_RESTART_RE
 # bounds how long a replica takes to rebuild from a snapshot (~10 GiB at disk speed: a minute or
 # two); smaller ones would cost more groups and more map entries for no gain on one node.
 PARTITION_SPLIT_BYTES_DEFAULT = 10 * 1024 ** 3
-# In a cluster a split is a command every replica applies at once, copying the upper half into the
-# new group's seed on the event loop: 6 ms per MiB on this machine when quiet, 15 under load
-# (bench/bench_split.py: scan, statistics, bulk load, trim), so a 32 MiB partition splits in 0.2 to
-# 0.5 s, inside the election timeout, where a 10 GiB one would stall its node for a minute or more.
-# Until splits copy in the background, partitions stay this small.
+# In a cluster a split is a command every replica applies at the same slot, copying the upper half
+# into the new group's seed: 6 ms per MiB on this machine when quiet, 15 under load
+# (bench/bench_split.py: scan, statistics, bulk load, trim). The copy runs a slice at a time
+# (SPLIT_SLICE_ITEMS), so the node's other partitions go on, but the partition's own later writes
+# wait for it: 0.2 to 0.5 s at 32 MiB, where a 10 GiB partition would hold its writes for a minute
+# or more. Until the copy runs beside the partition's writes, partitions stay this small.
 REPLICATED_SPLIT_BYTES_DEFAULT = 32 * 1024 ** 2
 # Replicas of each table partition, one per zone: DynamoDB's three. Two survive the loss of any
 # one (a majority remains), and a fourth would add a copy of every write for no availability a
@@ -403,9 +404,14 @@ SPLIT_RETRY_GROWTH = 1 / 8
 # least 10), well within WAL_RECORD_PAYLOAD_BYTES_MAX, and applying one holds the event loop
 # for milliseconds, not for the whole half of a partition.
 SPLIT_TRIM_BATCH_BYTES = 1024 * 1024
+# A replica applying a split reads and sorts the partition's items this many at a time, letting
+# its event loop run between slices: about 4 ms of work a slice with 1 KB items, where the whole
+# partition at once held every group of the node still for 0.2 s per 32 MiB.
+SPLIT_SLICE_ITEMS = 1000
 
 assert 0 < SPLIT_RETRY_GROWTH < 1 and SPLIT_CHECK_INTERVAL_S > 0
 assert SPLIT_TRIM_BATCH_BYTES * 2 < WAL_RECORD_PAYLOAD_BYTES_MAX
+assert SPLIT_SLICE_ITEMS >= 1
 
 # --- hot partitions (dynstore/autoadmin/heat.py) -------------------------------------------------
 

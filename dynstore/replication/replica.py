@@ -33,6 +33,9 @@ every CHECKPOINT_ENTRIES applied entries; the log is then compacted up to LOG_KE
 below the checkpoint, and recovery re-applies the committed entries after the checkpoint.
 The Engine is not used here because its own WAL would be a second log: in a replicated
 partition the Paxos log is the write-ahead log, so the shell drives the tree directly.
+A command too long to apply in one go on the event loop (a split copies half a partition)
+is applied by a task (``Later``): the entries after it wait their turn, the tree does not
+change meanwhile, and the replica's other work, and every other group's, goes on.
 
 Snapshots. When the core says a peer needs the log it compacted, the shell checkpoints the
 tree at its applied slot and streams that checkpoint in the engine's snapshot chunk format
@@ -136,6 +139,19 @@ def _apply_batch(tree, slot: int, data: bytes) -> None:
     tree.write_batch(decode_batch(data))
 
 
+class Later:
+    """What an apply function returns for a command it finishes in the background: ``work``,
+    a coroutine the replica runs as a task, returns what apply would have (None, or the
+    exception to refuse the proposal with). The entry counts as applied once it returns,
+    and the entries after it are applied only then; ``work`` may yield to the event loop,
+    but only it changes the tree until it returns."""
+
+    __slots__ = ("work",)
+
+    def __init__(self, work):
+        self.work = work
+
+
 def _write_durably(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -200,8 +216,9 @@ class Replica:
                  log_keep_entries: int = LOG_KEEP_ENTRIES, on_fatal=None, clock=time.monotonic, apply=None,
                  joining: bool = False):
         self.id = replica_id
-        # apply(tree, slot, data) applies one committed command to the tree; it returns None, or the
-        # exception to answer its proposer with when the state machine refused it (nothing written).
+        # apply(tree, slot, data) applies one committed command to the tree; it returns None, the
+        # exception to answer its proposer with when the state machine refused it (nothing written),
+        # or a Later that finishes the command in a task.
         self._apply_command = apply or _apply_batch
         self.group = group
         self.directory = directory
@@ -246,6 +263,8 @@ class Replica:
         self._tasks = Tasks(f"replica {replica_id}", on_fatal)
         self._rewriting = False
         self._checkpointing: asyncio.Task | None = None  # the checkpoint under way
+        self._later: asyncio.Task | None = None  # a command applied in the background (Later)
+        self._backlog: list = []  # committed entries after it, waiting for it to finish
 
     def _record_of_applied(self, store: Store):
         """The record that brings the log's commit index up to a tree checkpointed past it."""
@@ -434,7 +453,10 @@ class Replica:
             self._flush()
 
     def _apply_all(self, entries: list) -> None:
-        for e in entries:
+        for i, e in enumerate(entries):
+            if self._later is not None:
+                self._backlog.extend(entries[i:])
+                break
             self._apply(e)
         if self._reads:
             ready = [f for index, f in self._reads if index <= self.applied]
@@ -448,6 +470,21 @@ class Replica:
             return  # covered by a snapshot installed while this Ready waited for the disk
         assert e.slot == self.applied + 1, (self.id, e.slot, self.applied)
         refused = self._apply_command(self.tree, e.slot, e.data) if e.kind == COMMAND else None
+        if type(refused) is Later:
+            self._later = self._tasks.spawn(self._apply_later(e, refused.work))
+        else:
+            self._applied(e, refused)
+
+    async def _apply_later(self, e, work) -> None:
+        refused = await work
+        self._later = None
+        self._applied(e, refused)
+        backlog, self._backlog = self._backlog, []
+        self._apply_all(backlog)
+        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
+            self._checkpoint()
+
+    def _applied(self, e, refused: Exception | None) -> None:
         self.applied = e.slot
         waiter = self._waiting.pop(e.slot, None)
         if waiter is not None:
@@ -594,6 +631,9 @@ class Replica:
             raise
         tree.close()
         _write_durably(self._meta_path, encode(meta))
+        if self._later is not None:  # the snapshot holds what it was applying, and what waited
+            self._later.cancel()
+            self._later, self._backlog = None, []
         self.tree.close()
         os.replace(path, self._tree_path)
         _fsync_dir(self.directory)

@@ -34,8 +34,9 @@ one op ``(RANGE_KEY, {"key", "child", "members", "desc"})``: every replica appli
 same slot by seeding the child group's replica directory with the items from ``key`` on
 (replica.seed_replica; skipped when the directory is already seeded, as after a crash that
 came before the parent's tree was checkpointed past the split), then deleting them here and
-writing the new range record with ``gen + 1``. Writes in flight under the old generation are
-then refused, so running totals (the statistics record) computed before the split are
+writing the new range record with ``gen + 1``. It is applied in a task (replica.Later) that
+reads the tree a slice at a time: the node's other groups go on, this group's later entries
+wait for it. Writes in flight under the old generation are then refused, so running totals (the statistics record) computed before the split are
 never applied after it.
 
 A ``ReplicatedPartition`` is a view of the group for one epoch: the router hands out a new
@@ -59,13 +60,13 @@ import orjson
 
 from dynstore import net
 from dynstore.api.operations.schema import RANGE_KEY
-from dynstore.api.operations.split import split_batches
+from dynstore.api.operations.split import Cut
 from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
-                             REPLICA_WAL_SEGMENT_BYTES, TRANSFER_POLL_S, TRANSFER_WAIT_S)
+                             REPLICA_WAL_SEGMENT_BYTES, SPLIT_SLICE_ITEMS, TRANSFER_POLL_S, TRANSFER_WAIT_S)
 from dynstore.replication.errors import NotLeader, StaleRange
 from dynstore.replication.messages import LOG, STORAGE
 from dynstore.replication.paxos import LEADER, Timing
-from dynstore.replication.replica import SEED_SLOT, Replica, is_seeded, seed_replica
+from dynstore.replication.replica import SEED_SLOT, Later, Replica, is_seeded, seed_replica
 from dynstore.replication.transport import Listener, Transport
 from dynstore.storage.engine import decode_batch, encode_batch
 
@@ -260,22 +261,33 @@ class ReplicaGroup:
             return StaleRange(self.group)
         ops = decode_batch(data[_GEN.size:])
         if ops and ops[0][0] == RANGE_KEY:
-            self._split(tree, slot, current, orjson.loads(ops[0][1]))
+            return Later(self._split(tree, current, orjson.loads(ops[0][1])))
         else:
             tree.write_batch(ops)
         return None
 
-    def _split(self, tree, slot: int, current: KeyRange, command: dict) -> None:
+    async def _split(self, tree, current: KeyRange, command: dict) -> None:
+        """Apply a split (a Later of the replica: nothing else changes the tree meanwhile):
+        read the tree a slice at a time, yielding to the event loop between slices, seed the
+        child's replica in a thread, then cut this part down in one batch."""
         key, child = bytes.fromhex(command["key"]), command["child"]
         assert current.holds(key) and key > current.start, (self.group, key, current)
-        items = ((k, v) for k, v in tree.scan() if k != RANGE_KEY)
-        left_ops, right_items = split_batches(command["desc"], items, key)
+        cut = Cut(command["desc"], key)
+        start = None
+        while True:
+            items = list(tree.scan(start, limit=SPLIT_SLICE_ITEMS))
+            cut.feed((k, v) for k, v in items if k != RANGE_KEY)
+            if len(items) < SPLIT_SLICE_ITEMS:
+                break
+            start = items[-1][0] + b"\0"  # the least key after the slice's last
+            await asyncio.sleep(0)
+        left_ops, right_items = cut.batches()
         directory = self._directory_of(child)
         if not is_seeded(directory):
             shutil.rmtree(directory, ignore_errors=True)
             right = sorted(right_items + [(RANGE_KEY, KeyRange(key, current.end).encode())])
             members = tuple(tuple(m) for m in command["members"])
-            seed_replica(directory, right, members, backend=self._backend)
+            await asyncio.to_thread(seed_replica, directory, right, members, backend=self._backend)
         self._range = KeyRange(current.start, key, current.gen + 1, current.children + ((key, child),))
         tree.write_batch(left_ops + [(RANGE_KEY, self._range.encode())])
         self._latest, self._inflight = {}, {}

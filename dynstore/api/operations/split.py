@@ -60,29 +60,46 @@ def split_batches(desc: dict, items: Iterable[tuple[bytes, bytes]], key: bytes
     item and index entry, and the left statistics record. ``right_items`` is the right
     part's tree in key order: its statistics record, items and index entries.
     """
-    table = Table(desc)
-    left, right = Stats(None), Stats(None)
-    left_ops: list[tuple[bytes, bytes | None]] = []
-    right_items: list[tuple[bytes, bytes]] = []
-    for stored_key, value in items:
-        if stored_key.startswith(ITEMS):
-            moves = stored_key >= key
-            stats = right if moves else left
-            item = decode_item(value)
-            stats.items += 1
-            stats.bytes += item_size(item)
-            for index in table.indexes.values():
-                if index.entry_key(item, stored_key) is not None:
-                    counts = stats.indexes.setdefault(index.id, [0, 0])
-                    counts[0] += 1
-                    counts[1] += index.entry_size(item)
-        elif stored_key.startswith(INDEXES):
-            moves = value >= key
-        else:
-            continue  # the statistics record is rebuilt below; the canary stays left
-        if moves:
-            left_ops.append((stored_key, None))
-            right_items.append((stored_key, value))
-    left_ops.append((STATS_KEY, left.encode()))
-    right_items.insert(0, (STATS_KEY, right.encode()))
-    return left_ops, right_items
+    cut = Cut(desc, key)
+    cut.feed(items)
+    return cut.batches()
+
+
+class Cut:
+    """``split_batches`` a part at a time: ``feed`` the partition's items in key order, in as
+    many calls as suits the caller (a replica yields to its event loop between them), then
+    take ``batches()``."""
+
+    def __init__(self, desc: dict, key: bytes):
+        self.key = key
+        self._indexes = list(Table(desc).indexes.values())
+        self._left, self._right = Stats(None), Stats(None)
+        self._left_ops: list[tuple[bytes, bytes | None]] = []
+        self._right_items: list[tuple[bytes, bytes]] = []
+
+    def feed(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        key, indexes = self.key, self._indexes
+        for stored_key, value in items:
+            if stored_key.startswith(ITEMS):
+                moves = stored_key >= key
+                stats = self._right if moves else self._left
+                item = decode_item(value)
+                stats.items += 1
+                stats.bytes += item_size(item)
+                for index in indexes:
+                    if index.entry_key(item, stored_key) is not None:
+                        counts = stats.indexes.setdefault(index.id, [0, 0])
+                        counts[0] += 1
+                        counts[1] += index.entry_size(item)
+            elif stored_key.startswith(INDEXES):
+                moves = value >= key
+            else:
+                continue  # the statistics record is rebuilt below; the canary stays left
+            if moves:
+                self._left_ops.append((stored_key, None))
+                self._right_items.append((stored_key, value))
+
+    def batches(self) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes]]]:
+        """(left_ops, right_items) of everything fed, as ``split_batches`` returns them."""
+        return (self._left_ops + [(STATS_KEY, self._left.encode())],
+                [(STATS_KEY, self._right.encode())] + self._right_items)
