@@ -4,13 +4,13 @@ Inside the serving process, each round (``limits.CANARY_INTERVAL_S``) sends each
 probes a probe: a durable write of a fresh value to the partition's canary key, then a read
 that must return that value. The probes of a round are spread evenly over it: sent at one
 instant, the writes of many partitions were a burst, once a round, that clients' requests
-queued behind (it tripled PutItem's p99 on a node leading ten partitions). Both go through
-the ``Partition`` face (router/partition.py), the path item writes and reads take, so a probe
-fails when a client's request would: the disk is full or failing, the engine is closed after
-a fault, a leader loses its group while the write is in flight, or the write does not become
-durable within ``limits.CANARY_PROBE_TIMEOUT_S``. A partition whose probe is still
-outstanding at the next round fails that round too, without a second probe piling up behind
-the first.
+queued behind (it more than doubled PutItem's p99 beside a table of 30 partitions). Both go
+through the ``Partition`` face (router/partition.py), the path item writes and reads take, so
+a probe fails when a client's request would: the disk is full or failing, the engine is
+closed after a fault, a leader loses its group while the write is in flight, or the write
+does not become durable within ``limits.CANARY_PROBE_TIMEOUT_S``. A partition whose probe is
+still outstanding at the next round fails that round too, without a second probe piling up
+behind the first.
 
 Who probes what (``partitions``, a function of the router):
 
