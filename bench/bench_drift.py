@@ -36,6 +36,7 @@ from dynstore.bench import loadgen, report
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 from test_cluster import Cluster  # noqa: E402
+from test_cluster_splits import partitions  # noqa: E402
 
 SMALL_ITEMS = 10_000
 LARGE_ITEMS = int(os.environ.get("DRIFT_ITEMS", 200_000))  # ~20x small: small stays one partition
@@ -52,10 +53,6 @@ def plan(url: str, table: str, keys: int, workload: str = "C") -> loadgen.Plan:
     return loadgen.Plan(url=url, table=table, workload=workload, keys=keys, item_size=ITEM_BYTES,
                         duration_s=DURATION_S, rate=RATE, key_id=DEVELOPMENT_ACCESS_KEY_ID,
                         secret=DEVELOPMENT_SECRET_ACCESS_KEY)
-
-
-def partitions(cluster: Cluster, table: str) -> int:
-    return sum(1 for name in cluster.status(1)["groups"] if name == table or name.startswith(table + "#"))
 
 
 def measure(cluster: Cluster, label: str, table: str, keys: int) -> dict:
@@ -86,10 +83,10 @@ def test_drift(benchmark, tmp_path):
                             progress=lambda n: n % 1_000_000 == 0 and print(f"loaded {n} items", flush=True))
             print(f"loaded {LARGE_ITEMS} items in {time.monotonic() - started:.0f} s", flush=True)
             deadline = time.monotonic() + 600
-            while partitions(cluster, "large") < PARTITIONS and time.monotonic() < deadline:
+            while len(partitions(cluster, 1, "large")) < PARTITIONS and time.monotonic() < deadline:
                 time.sleep(1)
             time.sleep(SETTLE_S)
-            count = partitions(cluster, "large")
+            count = len(partitions(cluster, 1, "large"))
             large = measure(cluster, f"large, {count} partitions", "large", LARGE_ITEMS)
             beside = measure(cluster, "small, beside large", "small", SMALL_ITEMS)
             return {"partitions": count, "fresh": fresh, "large": large, "beside": beside}

@@ -446,8 +446,7 @@ class Replica:
             self._apply_all(rd.committed)
         for peer, _meta in rd.snapshots:
             self.ship_snapshot(peer)  # empty for a log member
-        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
-            self._checkpoint()
+        self._checkpoint_if_due()
         if self.core.commit != commit:
             # Our own entries being durable committed more: go on now rather than a loop turn later.
             self._flush()
@@ -481,8 +480,7 @@ class Replica:
         self._applied(e, refused)
         backlog, self._backlog = self._backlog, []
         self._apply_all(backlog)
-        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
-            self._checkpoint()
+        self._checkpoint_if_due()
 
     def _applied(self, e, refused: Exception | None) -> None:
         self.applied = e.slot
@@ -509,6 +507,10 @@ class Replica:
                 future.set_exception(NotLeader(self.id, self.core.leader))
 
     # --- checkpoints and the log's size -------------------------------------------------------
+
+    def _checkpoint_if_due(self) -> None:
+        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
         if self._checkpointing is None:

@@ -36,8 +36,8 @@ same slot by seeding the child group's replica directory with the items from ``k
 came before the parent's tree was checkpointed past the split), then deleting them here and
 writing the new range record with ``gen + 1``. It is applied in a task (replica.Later) that
 reads the tree a slice at a time: the node's other groups go on, this group's later entries
-wait for it. Writes in flight under the old generation are then refused, so running totals (the statistics record) computed before the split are
-never applied after it.
+wait for it. Writes in flight under the old generation are then refused, so running totals
+(the statistics record) computed before the split are never applied after it.
 
 A ``ReplicatedPartition`` is a view of the group for one epoch: the router hands out a new
 view once the replica leads with everything committed before its term applied (and, until
