@@ -9,7 +9,7 @@ import pytest
 
 from dynstore.replication.errors import NotLeader
 from dynstore.replication.messages import STORAGE
-from dynstore.replication.paxos import LEADER, Timing
+from dynstore.replication.paxos import Timing
 from dynstore.replication.replica import Later, Replica
 from dynstore.storage.engine import decode_batch, encode_batch
 
@@ -34,8 +34,10 @@ def replica_with_a_slow_command(directory, gate: asyncio.Event, started: list) -
 
 
 async def leading(replica: Replica) -> Replica:
+    """Started, and leading with a lease: its first entry of the term is committed, so a strong
+    read is served rather than refused with NotLeader (as it is until then)."""
     replica.start()
-    while replica.core.role != LEADER:
+    while not replica.core.lease_valid(replica.clock()):
         await asyncio.sleep(0.01)
     return replica
 
