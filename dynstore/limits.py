@@ -369,10 +369,11 @@ REPLICAS = 3
 # (under a second here, plus a few seconds of recovery), which is cheaper than copying its
 # partitions elsewhere; short enough that a second failure in a group is unlikely to come first.
 HEAL_AFTER_S_DEFAULT = 30.0
-# A partition's leader hands the lead to another replica (to even out leaders across nodes) only
-# at an instant with none of its writes in flight; under load such instants come every few
-# milliseconds. It looks for one this often, for at most this long, then the control plane tries
-# again next round.
+# A partition's leader hands the lead to another replica (to even out leaders across nodes, or
+# before its own replica leaves the group) once its writes in flight are committed and the other
+# holds them; it takes no new writes meanwhile (they run at the next leader), so that comes
+# within a round trip or two. It looks this often, for at most this long (the other replica
+# does not catch up), then takes writes again, and the control plane tries next round.
 TRANSFER_POLL_S = 0.001
 TRANSFER_WAIT_S = 0.5
 # Leaders are evened out once a node leads this many partitions more than another node that

@@ -82,14 +82,15 @@ and one answered by the node it is sent to (the control plane's readings of each
         (opens this node's replica of the group, a log replica if "log", linked to its members;
         ready once it holds a snapshot)
 
-Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied, or
-whose forwarded call loses its connection after sending, answers InternalServerError (500,
-which SDKs retry): it may or may not have taken effect. Such a write is not retried here,
-since a conditional or ADD update is not idempotent; a read is, at the next leader. A write
-whose replica stopped leading before the request proposed anything (a hand-over between the
-leader check and the proposal) did nothing, so it runs again, at the next leader; one whose
-leader holds its most proposals in flight (Busy) answers ProvisionedThroughputExceededException,
-which SDKs retry after a back-off. router/replicated.py's PROPOSED tells the cases apart.
+Ambiguity, as DynamoDB has it: a write whose leader steps down before it is applied and
+does not learn its outcome (replica.py ``_orphan_waiters``), or whose forwarded call loses
+its connection after sending, answers InternalServerError (500, which SDKs retry): it may
+or may not have taken effect. Such a write is not retried here, since a conditional or ADD
+update is not idempotent; a read is, at the next leader. A write whose replica stopped
+leading before the request proposed anything (a hand-over between the leader check and the
+proposal, or during one: replicated.py ``transfer``) did nothing, so it runs again, at the
+next leader; one whose leader holds its most proposals in flight (Busy) answers
+ProvisionedThroughputExceededException, which SDKs retry after a back-off. router/replicated.py's PROPOSED tells the cases apart.
 """
 from __future__ import annotations
 

@@ -257,6 +257,8 @@ class Replica:
         self._tick_timer: asyncio.TimerHandle | None = None  # the core's next tick, at _tick_at
         self._tick_at = 0.0
         self._waiting: dict[int, tuple[asyncio.Future, bytes]] = {}  # slot -> (client future, its data)
+        self._orphans: set[int] = set()  # slots in _waiting proposed by a leader that has stepped down since
+        self.handing_over = False  # a hand-over of the lead is under way: no new proposals (transfer)
         self._reads: list[tuple[int, asyncio.Future]] = []  # (slot to apply first, future)
         self._snap_in: dict = {}  # the snapshot stream being received: chunks by seq
         self._shipping: set[int] = set()  # peers a snapshot is being streamed to
@@ -349,9 +351,15 @@ class Replica:
     def propose(self, data: bytes) -> asyncio.Future:
         """Propose one command now; the future is ``put``'s answer. NotLeader or Busy raised
         here means nothing was proposed; NotLeader from the future, that the command may
-        still commit under the next leader."""
+        still commit under the next leader (``_orphan_waiters``)."""
+        if self.handing_over:
+            raise NotLeader(self.id, self.core.leader)
         slot = self.core.propose(data, self.clock())
         future = asyncio.get_running_loop().create_future()
+        old = self._waiting.get(slot)
+        if old is not None and not old[0].done():  # a stepped-down leader's slot that a new leader refilled
+            old[0].set_exception(NotLeader(self.id, self.core.leader))
+        self._orphans.discard(slot)
         self._waiting[slot] = (future, data)
         self._schedule_flush()
         return future
@@ -364,9 +372,12 @@ class Replica:
         return slot
 
     def transfer(self, to: int) -> bool:
-        """Hand the lead to storage member ``to`` if no proposal of this leader waits and the
-        core agrees (paxos.py ``transfer``); False, with nothing changed, otherwise."""
-        moved = not self._waiting and self.core.transfer(to, self.clock())
+        """Hand the lead to storage member ``to`` if the core agrees (paxos.py ``transfer``:
+        every entry committed, and ``to`` holds them all); False, with nothing changed,
+        otherwise. Writes committed but not applied yet are answered as this replica applies
+        them, as a follower (``_orphan_waiters``). ``handing_over`` stops new proposals
+        meanwhile, so that such an instant comes."""
+        moved = self.core.transfer(to, self.clock())
         if moved:
             self._schedule_flush()  # the Abdicate messages
         return moved
@@ -395,8 +406,8 @@ class Replica:
         self._flush_scheduled = False
         rd = self.core.ready()
         self._arm_tick()  # a step or a proposal may have moved the core's next deadline earlier
-        if self.core.role != LEADER and self._waiting:
-            self._fail_waiters()
+        if self.core.role != LEADER and len(self._waiting) > len(self._orphans):
+            self._orphan_waiters()
         if not rd:
             return
         for m in rd.send_first:
@@ -485,6 +496,7 @@ class Replica:
     def _applied(self, e, refused: Exception | None) -> None:
         self.applied = e.slot
         waiter = self._waiting.pop(e.slot, None)
+        self._orphans.discard(e.slot)
         if waiter is not None:
             future, data = waiter
             if future.done():
@@ -497,9 +509,39 @@ class Replica:
             else:
                 future.set_exception(NotLeader(self.id, self.core.leader))
 
+    def _orphan_waiters(self) -> None:
+        """This leader stepped down with proposals in flight. Each may still be chosen at its
+        slot: the next leader recovers what a quorum accepted, and this replica, following it,
+        applies the slot, which answers the waiter either way (``_applied``: the command, or
+        another one there). So its caller learns the outcome instead of "may or may not have
+        taken effect". A replica cut off from the group would never learn it: its waiters give
+        up with NotLeader after ``orphan_wait`` (three election timeouts: the step-down, the
+        next election, and room for the new leader's first commit). Strong reads give up at
+        once; they are retried at the next leader."""
+        reads, self._reads = self._reads, []
+        for _, future in reads:
+            if not future.done():
+                future.set_exception(NotLeader(self.id, self.core.leader))
+        orphans = [(slot, future) for slot, (future, _) in self._waiting.items() if slot not in self._orphans]
+        self._orphans.update(slot for slot, _ in orphans)
+        self._loop.call_later(self.orphan_wait, self._give_up, orphans)
+
+    @property
+    def orphan_wait(self) -> float:
+        return 3 * self.core.timing.election_timeout
+
+    def _give_up(self, orphans: list) -> None:
+        for slot, future in orphans:
+            if self._waiting.get(slot, (None,))[0] is future:
+                del self._waiting[slot]
+                self._orphans.discard(slot)
+            if not future.done():
+                future.set_exception(NotLeader(self.id, self.core.leader))
+
     def _fail_waiters(self) -> None:
-        """Proposals whose leader stepped down: they may still commit (under a new leader), so
-        the caller learns only to retry, which is safe for idempotent writes."""
+        """The replica closes: its waiters may still commit (under a new leader), so callers
+        learn only to retry, which is safe for idempotent writes."""
+        self._orphans.clear()
         waiting, self._waiting = self._waiting, {}
         reads, self._reads = self._reads, []
         for future in [f for f, _ in waiting.values()] + [f for _, f in reads]:

@@ -18,9 +18,12 @@ Reads and writes, as partition.py asks of them:
 * ``write`` proposes the batch (one log entry, engine.encode_batch) before its first
   suspension, so it is atomic with the ``get_latest`` reads before it, and returns once
   the entry is committed on a quorum, durable and applied here. A leader that steps down
-  fails it with NotLeader: the write may still commit under the next leader. NotLeader or
-  Busy before the proposal (the replica no longer leads, or holds too many proposals) means
-  nothing was written; ``PROPOSED`` tells the two apart for the request router.
+  keeps waiting for its slot (replica.py ``_orphan_waiters``): applied as a follower, the
+  slot answers the write, done or not done; cut off for three election timeouts, the
+  replica fails it with NotLeader: the write may still commit under the next leader.
+  NotLeader or Busy before the proposal (the replica no longer leads, hands the lead over,
+  or holds too many proposals) means nothing was written; ``PROPOSED`` tells the two apart
+  for the request router.
 
 Key ranges and splits. A table's partition is a range of item storage keys [start, end); the
 group's range record (schema.RANGE_KEY in its tree, JSON ``{"start", "end", "gen", "children":
@@ -315,15 +318,21 @@ class ReplicaGroup:
         return self.replica.core.leader
 
     async def transfer(self, to: int) -> bool:
-        """Hand the lead to member ``to`` at the first instant this leader has no write in
-        flight and ``to`` holds its whole log (replica.py ``transfer``), within
-        TRANSFER_WAIT_S; True if it did."""
+        """Hand the lead to member ``to`` once every write in flight is committed and ``to``
+        holds the whole log (replica.py ``transfer``), within TRANSFER_WAIT_S; True if it did.
+        New writes are refused meanwhile as at a replica that does not lead (NotLeader before
+        proposing: the request router runs them again at the next leader), so that instant
+        comes within a round trip or two even under a steady stream of writes."""
         deadline = time.monotonic() + TRANSFER_WAIT_S
-        while self.is_leader() and time.monotonic() < deadline:
-            if self.replica.transfer(to):
-                return True
-            await asyncio.sleep(TRANSFER_POLL_S)
-        return False
+        self.replica.handing_over = True
+        try:
+            while self.is_leader() and time.monotonic() < deadline:
+                if self.replica.transfer(to):
+                    return True
+                await asyncio.sleep(TRANSFER_POLL_S)
+            return False
+        finally:
+            self.replica.handing_over = False
 
     async def read_barrier(self) -> None:
         await self.replica.read_barrier()
