@@ -101,6 +101,17 @@ def test_good_signature_names_the_key():
     assert verify(headers_signed_at(NOW + 60)) == KEY_ID
 
 
+@pytest.mark.parametrize("separator", [",", ", ", " ", " , "])
+def test_authorization_pairs_separated_by_commas_or_spaces(separator):
+    headers = headers_signed_at(NOW)
+    algorithm, _, pairs = headers["authorization"].partition(" ")
+    headers["authorization"] = f"{algorithm} " + separator.join(p.strip() for p in pairs.split(","))
+    assert verify(headers) == KEY_ID
+    # Parsed whole, an expired one is refused for its date, as DynamoDB does.
+    with pytest.raises(InvalidSignatureException, match="Signature expired"):
+        verify(headers, now=NOW + 3600)
+
+
 def test_wrong_secret_and_tampered_body():
     with pytest.raises(InvalidSignatureException) as e:
         verify(headers_signed_at(NOW, secret="not the secret"))

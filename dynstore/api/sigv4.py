@@ -49,6 +49,7 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 SERVICE = "dynamodb"
 
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_AUTH_SEPARATORS = re.compile(r"[,\s]+")  # between the key=value pairs of an Authorization header
 
 
 def amz_date(epoch: float) -> str:
@@ -226,8 +227,7 @@ class Verifier:
     def _verify_header(self, method, raw_path, raw_query, headers, body, auth, peer_is_loopback, now) -> str:
         algorithm, _, rest = auth.strip().partition(" ")
         params = {}
-        for part in rest.split(","):
-            part = part.strip()
+        for part in _AUTH_SEPARATORS.split(rest):  # DynamoDB takes commas, spaces, or both, between them
             if not part:
                 continue
             name, eq, value = part.partition("=")
