@@ -232,7 +232,42 @@ def test_health_answer(server):
     with connect(server) as conn:
         conn.request("GET", "/")
         status, headers, body = read(conn)
-    assert status == 200 and body == b"healthy: dynamodb.us-east-1.amazonaws.com "
+        assert status == 200 and body == b"healthy: 127.0.0.1:%d " % server.server.port  # the Host it was sent to
+        conn.request("GET", "/", headers={"Host": "dynamo\u00e9.local"})  # not a host name to repeat
+        status, headers, body = read(conn)
+        assert status == 200 and body == b"healthy: dynamodb.us-east-1.amazonaws.com "
+        for path in ("/abc", "/health", "/index.htm"):
+            conn.request("GET", path)
+            status, _, body = read(conn)
+            assert status == 404 and body == b"<UnknownOperationException/>\n"
+
+
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Access-Control-Max-Age",
+                "Access-Control-Allow-Methods", "Access-Control-Allow-Headers")
+
+
+def test_cors_for_requests_with_an_origin(server):
+    asked = {"Origin": "http://example.com", "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "content-type, x-amz-target, authorization"}
+    with connect(server) as conn:
+        conn.request("OPTIONS", "/", headers=asked)  # a browser's preflight
+        status, headers, body = read(conn)
+        assert status == 200 and body == b""
+        assert headers["Access-Control-Allow-Origin"] == "*" and "x-amzn-RequestId" in headers[
+            "Access-Control-Expose-Headers"]
+        assert headers["Access-Control-Allow-Methods"] == "POST"
+        assert headers["Access-Control-Allow-Headers"] == "content-type, x-amz-target, authorization"
+        assert int(headers["Access-Control-Max-Age"]) > 0
+        for method, body in (("GET", None), ("POST", b"{}")):  # the request itself: allowed, not a preflight
+            conn.request(method, "/", body=body, headers=dict(asked, **{"Content-Type": "application/x-amz-json-1.0"}))
+            status, headers, _ = read(conn)
+            assert headers["Access-Control-Allow-Origin"] == "*" and "Access-Control-Expose-Headers" in headers
+            assert not {"Access-Control-Max-Age", "Access-Control-Allow-Methods"} & set(headers)
+        for method in ("OPTIONS", "GET", "POST"):  # no Origin: no CORS
+            conn.request(method, "/", body=b"{}" if method == "POST" else None)
+            status, headers, _ = read(conn)
+            assert not set(CORS_HEADERS) & set(headers)
+            assert method != "OPTIONS" or status == 404
 
 
 def test_other_methods_and_content_types_are_unknown(server):

@@ -17,12 +17,18 @@ Wire format, as DynamoDB speaks it::
 
     {...}  or  {"__type": "<namespace>#<Error>", "message": "..."}
 
-``GET /`` answers ``healthy: dynamodb.<region>.amazonaws.com `` as DynamoDB does, and
+``GET /`` answers ``healthy: <the Host it was sent to> `` as DynamoDB does
+(``dynamodb.<region>.amazonaws.com`` when there is none), and
 ``GET /metrics`` the node's Prometheus metrics (dynstore/metrics.py: DynamoDB clients only
 POST, so the path is free, and a scrape is answered on the loop that owns the storage), and
 ``GET /status`` the node's status document when the server is given one (dynstore/status.py). Any
-other method, or a body that is not JSON by its content type, gets DynamoDB's 404
+other path or method, or a body that is not JSON by its content type, gets DynamoDB's 404
 ``<UnknownOperationException/>``.
+
+CORS, for code in a web browser, as DynamoDB has it: an answer to a request with an
+``Origin`` header allows any origin (``Access-Control-Allow-Origin: *``) and lets the script
+read the answer's own headers; an ``OPTIONS`` request with one (a browser's preflight) is
+answered 200 with the methods and headers it asked for allowed, for ``CORS_MAX_AGE_S``.
 
 Order of checks (DynamoDB's): method and content type, target operation, signature,
 body decoding and JSON, the model's types and constraints, then the operation.
@@ -46,6 +52,7 @@ import collections
 import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 import zlib
@@ -80,6 +87,9 @@ JSON_CONTENT_TYPES = {"application/x-amz-json-1.0", "application/x-amz-json-1.1"
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 413: b"Request Entity Too Large",
             500: b"Internal Server Error", 503: b"Service Unavailable"}
 _UNKNOWN_OPERATION_404 = b"<UnknownOperationException/>\n"
+_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,255}")  # a Host header fit to echo in the health answer
+_CORS = b"Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: x-amzn-RequestId, x-amz-crc32, Date\r\n"
+CORS_MAX_AGE_S = 86400  # how long a browser may reuse a preflight's answer
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Connection phases: what the server is waiting for from the client.
@@ -125,6 +135,11 @@ def is_loopback(peername) -> bool:
     if address.version == 6 and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def _header_value(text: str) -> bytes:
+    """``text`` fit to echo in a header line: printable ASCII only, so nothing can end the line."""
+    return "".join(c for c in text if " " <= c <= "~").encode()
 
 
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -249,11 +264,25 @@ class Server:
             self._date = formatdate(now, usegmt=True).encode()
         return self._date
 
-    def response(self, status: int, body: bytes, content_type: bytes, keep_alive: bool) -> bytes:
+    def response(self, status: int, body: bytes, content_type: bytes, keep_alive: bool, extra: bytes = b"") -> bytes:
+        """The whole answer; ``extra``, header lines to add (``cors``)."""
         return b"HTTP/1.1 %d %s\r\nServer: dynstore\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" \
-               b"Connection: %s\r\nx-amzn-RequestId: %s\r\nx-amz-crc32: %d\r\n\r\n%s" % (
+               b"Connection: %s\r\nx-amzn-RequestId: %s\r\nx-amz-crc32: %d\r\n%s\r\n%s" % (
                    status, _REASONS.get(status, b"Error"), self.http_date(), content_type, len(body),
-                   b"keep-alive" if keep_alive else b"close", self.request_id(), zlib.crc32(body), body)
+                   b"keep-alive" if keep_alive else b"close", self.request_id(), zlib.crc32(body), extra, body)
+
+    @staticmethod
+    def cors(req: "Request") -> bytes:
+        """The CORS header lines of the answer to ``req``: none unless it came with an Origin."""
+        headers = req.headers
+        if "origin" not in headers:
+            return b""
+        if req.method != b"OPTIONS":
+            return _CORS
+        return _CORS + b"Access-Control-Max-Age: %d\r\nAccess-Control-Allow-Methods: %s\r\n" \
+            b"Access-Control-Allow-Headers: %s\r\n" % (
+                CORS_MAX_AGE_S, _header_value(headers.get("access-control-request-method", "")),
+                _header_value(headers.get("access-control-request-headers", "")))
 
     def error_response(self, error: DynamoDBError, content_type: bytes, keep_alive: bool) -> bytes:
         return self.response(error.status, orjson.dumps(error.body()), content_type, keep_alive)
@@ -263,11 +292,15 @@ class Server:
         if req.method != b"POST":
             if req.method == b"GET":
                 path = req.url.partition(b"?")[0]
+                if path == b"/":
+                    host = req.headers.get("host", "")
+                    return 200, f"healthy: {host} ".encode() if _HOST.fullmatch(host) else self._health, b"text/plain"
                 if path == b"/metrics":
                     return 200, self.metrics.exposition(), METRICS_CONTENT_TYPE
                 if path == b"/status" and self.status is not None:
                     return 200, orjson.dumps(self.status()), b"application/json"
-                return 200, self._health, b"text/plain"
+            elif req.method == b"OPTIONS" and "origin" in req.headers:
+                return 200, b"", b"text/plain"  # a CORS preflight: its answer is its headers (cors)
             self.metrics.count_error("", UnknownOperationException.__name__)
             return 404, _UNKNOWN_OPERATION_404, b"text/plain"
         headers = req.headers
@@ -494,7 +527,7 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     status, body, content_type = await server.answer(req, self.loopback)
                     keep_alive = req.keep_alive and not self.closing
-                    response = server.response(status, body, content_type, keep_alive)
+                    response = server.response(status, body, content_type, keep_alive, server.cors(req))
                 if transport.is_closing():
                     return
                 transport.write(response)
