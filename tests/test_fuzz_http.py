@@ -169,14 +169,16 @@ def test_every_answer_is_ok_or_a_client_error(server, http_client, request):
     status, response_headers, data = http_client.send(headers, body)
     check_wire(status, response_headers, data)
     event(f"{status} {orjson.loads(data)['__type'].partition('#')[2] if status not in (200, 404) else ''}")
-    assert status == 200 or 400 <= status < 500, (status, data)
+    undecodable = status == 500 and orjson.loads(data)["message"].startswith(  # as DynamoDB answers it
+        ("Request body is not valid", "Unsupported Content-Encoding"))
+    assert status == 200 or 400 <= status < 500 or undecodable, (status, data)
     # Nothing in these requests breaks HTTP framing, so every connection stays open.
     assert response_headers["Connection"] == "keep-alive", data
     if status == 200:
         # Operations without output in DynamoDB's model answer an empty body, as DynamoDB does.
         assert data == (b"" if operation in model.EMPTY_REPLY_OPERATIONS else b"{}")
         assert signing == "good" and target == operation
-    elif status != 404:
+    elif status != 404 and not undecodable:
         assert orjson.loads(data)["__type"].startswith("com.amazon.coral.")
 
 

@@ -143,29 +143,49 @@ def _header_value(text: str) -> bytes:
 
 
 def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body with its Content-Encoding removed, at most ``limit`` bytes of it."""
+    """The body with its Content-Encoding removed, at most ``limit`` bytes of it.
+
+    DynamoDB takes gzip: one member or several one after the other, as gzip(1) writes them;
+    deflate (zlib-wrapped or raw) and identity are taken too. An encoding it does not know, or
+    a body that is not what its encoding says, DynamoDB answers with InternalServerError (500,
+    which SDKs retry), and so does dynstore."""
     if not encoding:
         return body
     name = encoding.strip().lower()
     if name == "identity":
         return body
     if name in ("gzip", "x-gzip"):
-        wbits = (31,)
+        out, rest = b"", body
+        while True:
+            member, rest = _inflate(rest, 31, limit - len(out), name)
+            out += member
+            if not rest:
+                return out
     elif name == "deflate":
-        wbits = (15, -15)  # zlib-wrapped as the RFC says, or raw deflate as some clients send
+        for bits in (15, -15):  # zlib-wrapped as the RFC says, or raw deflate as some clients send
+            try:
+                out, rest = _inflate(body, bits, limit, name)
+            except InternalServerError:
+                continue
+            if not rest:
+                return out
     else:
-        raise SerializationException(f"Unsupported Content-Encoding: {encoding}")
-    for bits in wbits:
-        inflater = zlib.decompressobj(bits)
-        try:
-            out = inflater.decompress(body, limit + 1)
-        except zlib.error:
-            continue
-        if len(out) > limit:
-            raise RequestEntityTooLargeException()
-        if inflater.eof and not inflater.unused_data:
-            return out
-    raise SerializationException(f"Request body is not valid {name} data")
+        raise InternalServerError(f"Unsupported Content-Encoding: {encoding}")
+    raise InternalServerError(f"Request body is not valid {name} data")
+
+
+def _inflate(data: bytes, wbits: int, limit: int, name: str) -> tuple[bytes, bytes]:
+    """One whole compressed stream from the start of ``data``, and the bytes after it."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise InternalServerError(f"Request body is not valid {name} data") from None
+    if len(out) > limit:
+        raise RequestEntityTooLargeException()
+    if not inflater.eof:
+        raise InternalServerError(f"Request body is not valid {name} data")
+    return out, inflater.unused_data
 
 
 class Server:
