@@ -94,6 +94,9 @@ def test_not_found_and_already_exists(node):
     (dict(GlobalSecondaryIndexes=[{"IndexName": "gsi", "KeySchema": KEYS,
                                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["b", "a", "b"]}}]),
      "One or more parameter values were invalid: Duplicate attributes in NonKeyAttributes: b"),
+    (dict(TableClass="standard"),  # names are case-sensitive; DynamoDB words this one itself
+     "Invalid table-class parameter provided. Please try again with a valid table-class value: "
+     "[STANDARD, STANDARD_INFREQUENT_ACCESS]."),
 ])
 def test_create_table_validation(node, request_, message):
     request = dict(TableName="bad", KeySchema=KEYS, AttributeDefinitions=ATTRS, BillingMode="PAY_PER_REQUEST")
@@ -133,6 +136,10 @@ def test_update_table_throughput_and_billing(node):
         node("UpdateTable", TableName="tbl", ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 5})
     with pytest.raises(ValidationException, match="^At least one of"):
         node("UpdateTable", TableName="tbl")
+    with pytest.raises(ValidationException, match="^Invalid table-class parameter provided"):
+        node("UpdateTable", TableName="tbl", TableClass="junk")
+    assert node("UpdateTable", TableName="tbl", TableClass="STANDARD_INFREQUENT_ACCESS")["TableDescription"][
+        "TableClassSummary"] == {"TableClass": "STANDARD_INFREQUENT_ACCESS"}
     up = node("UpdateTable", TableName="tbl", ProvisionedThroughput={"ReadCapacityUnits": 10, "WriteCapacityUnits": 5})
     assert up["TableDescription"]["TableStatus"] == "UPDATING"
     node("UpdateTable", TableName="tbl", ProvisionedThroughput={"ReadCapacityUnits": 2, "WriteCapacityUnits": 2})
@@ -185,8 +192,11 @@ def test_tags(node):
     assert node("ListTagsOfResource", ResourceArn=arn)["Tags"] == [{"Key": "b", "Value": "2"}]
     with pytest.raises(ResourceNotFoundException):
         node("ListTagsOfResource", ResourceArn=arn + "x")
-    with pytest.raises(ValidationException):
+    with pytest.raises(ValidationException, match="ARNs must start with 'arn:'"):
         node("TagResource", ResourceArn="not-an-arn", Tags=[{"Key": "a", "Value": "b"}])
+    for index_arn in (arn + "/index/gsi", arn + "/stream/2026-01-01T00:00:00.000"):  # no tags of their own
+        with pytest.raises(ValidationException, match="Invalid TableArn"):
+            node("ListTagsOfResource", ResourceArn=index_arn)
     with pytest.raises(ValidationException):
         node("TagResource", ResourceArn=arn, Tags=[{"Key": "!!", "Value": "b"}])
     node("TagResource", ResourceArn=arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(49)])

@@ -18,8 +18,9 @@ for a structure member, ``(parent, index)`` for a list element (``name.1.member`
 
 The checked request is normalized in place the way DynamoDB's deserializer leaves it:
 members the model does not know and members sent as ``null`` are dropped, integers sent with
-a fraction are truncated. Operations can therefore trust every member's type, enum, length
-and range, and never see ``None`` anywhere in the request.
+a fraction are truncated. Operations can therefore trust every member's type, enum (but
+TableClass's, which DynamoDB checks with its own message), length and range, and never see
+``None`` anywhere in the request.
 """
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ _JAVA_REGEX = (
     ("\\uD800\\uDC00-\\uDBFF\\uDFFF", "\\U00010000-\\U0010FFFF"),  # a surrogate pair range: astral planes
 )
 
+
+# Enums DynamoDB checks in the service, with a message of its own (operations/tables.py), rather
+# than as a model constraint.
+_SERVICE_CHECKED_ENUMS = frozenset({"TableClass"})
 
 # Members that take a table's name or its ARN. A value that is not an ARN is held to the
 # name's rules (pattern and 3..255 characters), as DynamoDB does.
@@ -264,7 +269,7 @@ class _Compiler:
     def _string(self, name: str, shape: dict):
         if name in _NAME_OR_ARN:
             return self._name_or_arn(name, shape)
-        enum = shape.get("enum")
+        enum = shape.get("enum") if name not in _SERVICE_CHECKED_ENUMS else None
         enum_set = frozenset(enum) if enum else None
         enum_message = f"Member must satisfy enum value set: [{', '.join(enum)}]" if enum else ""
         pattern = _python_regex(shape["pattern"]) if "pattern" in shape else None

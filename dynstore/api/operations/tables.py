@@ -28,6 +28,7 @@ from dynstore.api.operations.store import table_stats
 from dynstore.api.operations.tags import validate_tags
 
 _INVALID = "One or more parameter values were invalid: "
+TABLE_CLASSES = ("STANDARD", "STANDARD_INFREQUENT_ACCESS")
 # Members of the stored description that are internal or rebuilt by describe().
 _INTERNAL = ("TableId", "BillingMode", "Tags", "TimeToLive", "LastUpdateToPayPerRequestDateTime",
              "TableClass", "StreamSpecification", "ProvisionedThroughput", "LocalSecondaryIndexes",
@@ -129,10 +130,18 @@ def _check_index(index: dict, defined: list[str], names: set[str], used: set[str
     return name
 
 
+def _check_table_class(request: dict) -> None:
+    table_class = request.get("TableClass")
+    if table_class is not None and table_class not in TABLE_CLASSES:
+        raise ValidationException("Invalid table-class parameter provided. Please try again with a valid table-class "
+                                  f"value: [{', '.join(TABLE_CLASSES)}].")
+
+
 def _validate_create(request: dict) -> str:
     """Validates a CreateTable request the way DynamoDB does; returns the billing mode."""
     # The service model makes only TableName required; DynamoDB still insists on these two.
     require(request, ("AttributeDefinitions", "KeySchema"))
+    _check_table_class(request)
     billing = request.get("BillingMode", "PROVISIONED")
     throughput = request.get("ProvisionedThroughput")
     if billing == "PAY_PER_REQUEST":
@@ -434,6 +443,7 @@ async def _update_table(state, request: dict) -> dict:
             "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates "
             "or SSESpecification or ReplicaUpdates is required"
         )
+    _check_table_class(request)
     updated = dict(desc)
     now = state.clock()
     billing = request.get("BillingMode", desc["BillingMode"])

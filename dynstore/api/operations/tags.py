@@ -38,9 +38,11 @@ def validate_tags(tags: list[dict]) -> None:
 def _table_of(state, arn: str) -> dict:
     """The stored description of the table an ARN names, with DynamoDB's errors."""
     if not arn.startswith("arn:"):
-        raise ValidationException(f"Invalid TableArn: Invalid ResourceArn provided as input {arn}")
+        raise ValidationException(f"ARNs must start with 'arn:': {arn}")
     parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[2] != "dynamodb" or not parts[5].startswith("table/"):
+    # A table's ARN, not one of its indexes' or streams' (table/<name>/index/<index>): those have
+    # no tags of their own.
+    if len(parts) != 6 or parts[2] != "dynamodb" or not parts[5].startswith("table/") or "/" in parts[5][6:]:
         raise ValidationException(f"Invalid TableArn: Invalid ResourceArn provided as input {arn}")
     name = parts[5][len("table/"):]
     desc = state.router.table(name)
