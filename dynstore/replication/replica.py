@@ -590,7 +590,7 @@ class Replica:
             store = self.core.store
             frames = [encode(store.snap)]
             if store.entries:
-                frames.append(encode(Entries(tuple(store.entries))))
+                frames.append(encode(Entries(store.log())))
             frames.append(encode(HardState(store.promised, store.commit)))
             lsn = self.wal.append(0, WAL_BASE, b"".join(frames))
             await self.wal.durable(lsn)

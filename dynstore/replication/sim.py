@@ -319,7 +319,7 @@ class Node:
         store = self.core.store
         frames = [encode(store.snap)]
         if store.entries:
-            frames.append(encode(Entries(tuple(store.entries))))
+            frames.append(encode(Entries(store.log())))
         frames.append(encode(HardState(store.promised, store.commit)))
         self.disk.frames = frames
         self.disk.synced = len(frames)
