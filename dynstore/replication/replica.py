@@ -512,10 +512,10 @@ class Replica:
     def _orphan_waiters(self) -> None:
         """This leader stepped down with proposals in flight. Each may still be chosen at its
         slot: the next leader recovers what a quorum accepted, and this replica, following it,
-        applies the slot, which answers the waiter either way (``_applied``: the command, or
-        another one there). So its caller learns the outcome instead of "may or may not have
-        taken effect". A replica cut off from the group would never learn it: its waiters give
-        up with NotLeader after ``orphan_wait`` (three election timeouts: the step-down, the
+        applies the slot, which answers the waiter (``_applied``): its slot if the command is
+        there, as it usually is, so its caller does not get "may or may not have taken effect";
+        NotLeader if another command is. A replica cut off from the group would never learn
+        it: its waiters give up with NotLeader after ``orphan_wait`` (three election timeouts: the step-down, the
         next election, and room for the new leader's first commit). Strong reads give up at
         once; they are retried at the next leader."""
         reads, self._reads = self._reads, []

@@ -19,8 +19,9 @@ Reads and writes, as partition.py asks of them:
   suspension, so it is atomic with the ``get_latest`` reads before it, and returns once
   the entry is committed on a quorum, durable and applied here. A leader that steps down
   keeps waiting for its slot (replica.py ``_orphan_waiters``): applied as a follower, the
-  slot answers the write, done or not done; cut off for three election timeouts, the
-  replica fails it with NotLeader: the write may still commit under the next leader.
+  slot returns the write if it was chosen there; if another command was, or the replica is
+  cut off for three election timeouts, it fails with NotLeader: the write may have been
+  committed (under the next leader).
   NotLeader or Busy before the proposal (the replica no longer leads, hands the lead over,
   or holds too many proposals) means nothing was written; ``PROPOSED`` tells the two apart
   for the request router.
