@@ -47,6 +47,17 @@ class Group:
         for replica in self.replicas.values():
             await replica.close()
 
+    @classmethod
+    def run(cls, directory, scenario) -> None:
+        """``await scenario(group)`` on a new group, closed after it."""
+        async def main():
+            group = cls(directory)
+            try:
+                await scenario(group)
+            finally:
+                await group.close()
+        asyncio.run(main())
+
 
 async def step_down_with_a_write_in_flight(group: Group):
     """The leader proposes a write that its followers accept but whose acknowledgements it never
@@ -60,44 +71,35 @@ async def step_down_with_a_write_in_flight(group: Group):
 
 
 def test_a_write_whose_leader_stepped_down_learns_it_was_chosen(tmp_path):
-    async def main():
-        group = Group(tmp_path)
-        try:
-            leader, write = await step_down_with_a_write_in_flight(group)
-            await asyncio.sleep(0.05)
-            assert not write.done()  # still waiting: the followers hold the write
-            group.cut.clear()
-            slot = await asyncio.wait_for(write, 5)
-            # The next leader recovered it at that slot; the old one applied it and answered.
-            assert leader.tree.get(b"k") == b"v" and leader.applied >= slot
-            while any(r.applied < slot for r in group.replicas.values()):
-                await asyncio.sleep(0.01)
-            assert all(r.tree.get(b"k") == b"v" for r in group.replicas.values())
-        finally:
-            await group.close()
-    asyncio.run(main())
+    async def scenario(group):
+        leader, write = await step_down_with_a_write_in_flight(group)
+        await asyncio.sleep(0.05)
+        assert not write.done()  # still waiting: the followers hold the write
+        group.cut.clear()
+        slot = await asyncio.wait_for(write, 5)
+        # The next leader recovered it at that slot; the old one applied it and answered.
+        assert leader.tree.get(b"k") == b"v" and leader.applied >= slot
+        while any(r.applied < slot for r in group.replicas.values()):
+            await asyncio.sleep(0.01)
+        assert all(r.tree.get(b"k") == b"v" for r in group.replicas.values())
+    Group.run(tmp_path, scenario)
 
 
 def test_a_write_whose_leader_stepped_down_cut_off_gives_up(tmp_path):
-    async def main():
-        group = Group(tmp_path)
-        try:
-            leader, write = await step_down_with_a_write_in_flight(group)
-            stepped_down = time.monotonic()
-            group.cut |= {(leader.id, r) for r in group.replicas if r != leader.id}
-            with pytest.raises(NotLeader):
-                await asyncio.wait_for(write, 10)
-            # It waited for an outcome it could not learn, then gave up with "may have been written".
-            assert time.monotonic() - stepped_down >= leader.orphan_wait - 0.05
-            assert not leader._waiting and not leader._orphans
-        finally:
-            await group.close()
-    asyncio.run(main())
+    async def scenario(group):
+        leader, write = await step_down_with_a_write_in_flight(group)
+        stepped_down = time.monotonic()
+        group.cut |= {(leader.id, r) for r in group.replicas if r != leader.id}
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(write, 10)
+        # It waited for an outcome it could not learn, then gave up with "may have been written".
+        assert time.monotonic() - stepped_down >= leader.orphan_wait - 0.05
+        assert not leader._waiting
+    Group.run(tmp_path, scenario)
 
 
 def test_a_leader_hands_over_under_a_steady_stream_of_writes(tmp_path):
-    async def main():
-        group = Group(tmp_path)
+    async def scenario(group):
         leader = await group.leader()
         to = next(r for r in group.replicas if r != leader.id)
         proposed, refused, stop = [], [], asyncio.Event()
@@ -114,28 +116,26 @@ def test_a_leader_hands_over_under_a_steady_stream_of_writes(tmp_path):
                 except NotLeader:
                     refused.append(data)  # nothing proposed: a router sends it to the next leader
                 await asyncio.sleep(0.001)
-        try:
-            writing = asyncio.ensure_future(writer())
-            while len(proposed) < 50:
-                await asyncio.sleep(0.005)
-            started = time.monotonic()
-            leader.handing_over = True
-            while not leader.transfer(to):
-                await asyncio.sleep(0.001)
-                assert time.monotonic() - started < 1.0, "no instant to hand over came"
-            leader.handing_over = False
-            while group.replicas[to].core.role != LEADER:
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)
-            stop.set()
-            await writing
-            assert refused  # new writes went elsewhere once the hand-over began
-            # Every write proposed before it is answered: done, at its slot, on every replica.
-            slots = await asyncio.wait_for(asyncio.gather(*(future for future, _ in proposed)), 5)
-            while any(r.applied < max(slots) for r in group.replicas.values()):
-                await asyncio.sleep(0.01)
-            for replica in group.replicas.values():
-                assert all(replica.tree.get(decode_batch(data)[0][0]) == b"v" for _, data in proposed)
-        finally:
-            await group.close()
-    asyncio.run(main())
+
+        writing = asyncio.ensure_future(writer())
+        while len(proposed) < 50:
+            await asyncio.sleep(0.005)
+        started = time.monotonic()
+        leader.handing_over = True
+        while not leader.transfer(to):
+            await asyncio.sleep(0.001)
+            assert time.monotonic() - started < 1.0, "no instant to hand over came"
+        leader.handing_over = False
+        while group.replicas[to].core.role != LEADER:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        stop.set()
+        await writing
+        assert refused  # new writes went elsewhere once the hand-over began
+        # Every write proposed before it is answered: done, at its slot, on every replica.
+        slots = await asyncio.wait_for(asyncio.gather(*(future for future, _ in proposed)), 5)
+        while any(r.applied < max(slots) for r in group.replicas.values()):
+            await asyncio.sleep(0.01)
+        for replica in group.replicas.values():
+            assert all(replica.tree.get(decode_batch(data)[0][0]) == b"v" for _, data in proposed)
+    Group.run(tmp_path, scenario)

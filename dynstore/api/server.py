@@ -171,7 +171,11 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
                 return out
     else:
         raise InternalServerError(f"Unsupported Content-Encoding: {encoding}")
-    raise InternalServerError(f"Request body is not valid {name} data")
+    raise _undecodable(name)
+
+
+def _undecodable(name: str) -> InternalServerError:
+    return InternalServerError(f"Request body is not valid {name} data")
 
 
 def _inflate(data: bytes, wbits: int, limit: int, name: str) -> tuple[bytes, bytes]:
@@ -180,11 +184,11 @@ def _inflate(data: bytes, wbits: int, limit: int, name: str) -> tuple[bytes, byt
     try:
         out = inflater.decompress(data, limit + 1)
     except zlib.error:
-        raise InternalServerError(f"Request body is not valid {name} data") from None
+        raise _undecodable(name) from None
     if len(out) > limit:
         raise RequestEntityTooLargeException()
     if not inflater.eof:
-        raise InternalServerError(f"Request body is not valid {name} data")
+        raise _undecodable(name)
     return out, inflater.unused_data
 
 

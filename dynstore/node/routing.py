@@ -90,7 +90,8 @@ update is not idempotent; a read is, at the next leader. A write whose replica s
 leading before the request proposed anything (a hand-over between the leader check and the
 proposal, or during one: replicated.py ``transfer``) did nothing, so it runs again, at the
 next leader; one whose leader holds its most proposals in flight (Busy) answers
-ProvisionedThroughputExceededException, which SDKs retry after a back-off. router/replicated.py's PROPOSED tells the cases apart.
+ProvisionedThroughputExceededException, which SDKs retry after a back-off.
+router/replicated.py's PROPOSED tells the cases apart.
 """
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ class Replica:
         self._tick_timer: asyncio.TimerHandle | None = None  # the core's next tick, at _tick_at
         self._tick_at = 0.0
         self._waiting: dict[int, tuple[asyncio.Future, bytes]] = {}  # slot -> (client future, its data)
-        self._orphans: set[int] = set()  # slots in _waiting proposed by a leader that has stepped down since
+        self._proposed = False  # proposed since it last stepped down: its waiters are to orphan (_flush)
         self.handing_over = False  # a hand-over of the lead is under way: no new proposals (transfer)
         self._reads: list[tuple[int, asyncio.Future]] = []  # (slot to apply first, future)
         self._snap_in: dict = {}  # the snapshot stream being received: chunks by seq
@@ -359,8 +359,8 @@ class Replica:
         old = self._waiting.get(slot)
         if old is not None and not old[0].done():  # a stepped-down leader's slot that a new leader refilled
             old[0].set_exception(NotLeader(self.id, self.core.leader))
-        self._orphans.discard(slot)
         self._waiting[slot] = (future, data)
+        self._proposed = True
         self._schedule_flush()
         return future
 
@@ -406,7 +406,8 @@ class Replica:
         self._flush_scheduled = False
         rd = self.core.ready()
         self._arm_tick()  # a step or a proposal may have moved the core's next deadline earlier
-        if self.core.role != LEADER and len(self._waiting) > len(self._orphans):
+        if self._proposed and self.core.role != LEADER:
+            self._proposed = False
             self._orphan_waiters()
         if not rd:
             return
@@ -496,7 +497,6 @@ class Replica:
     def _applied(self, e, refused: Exception | None) -> None:
         self.applied = e.slot
         waiter = self._waiting.pop(e.slot, None)
-        self._orphans.discard(e.slot)
         if waiter is not None:
             future, data = waiter
             if future.done():
@@ -515,15 +515,14 @@ class Replica:
         applies the slot, which answers the waiter (``_applied``): its slot if the command is
         there, as it usually is, so its caller does not get "may or may not have taken effect";
         NotLeader if another command is. A replica cut off from the group would never learn
-        it: its waiters give up with NotLeader after ``orphan_wait`` (three election timeouts: the step-down, the
-        next election, and room for the new leader's first commit). Strong reads give up at
-        once; they are retried at the next leader."""
+        it: its waiters give up with NotLeader after ``orphan_wait`` (three election
+        timeouts: the step-down, the next election, and room for the new leader's first
+        commit). Strong reads give up at once; they are retried at the next leader."""
         reads, self._reads = self._reads, []
         for _, future in reads:
             if not future.done():
                 future.set_exception(NotLeader(self.id, self.core.leader))
-        orphans = [(slot, future) for slot, (future, _) in self._waiting.items() if slot not in self._orphans]
-        self._orphans.update(slot for slot, _ in orphans)
+        orphans = [(slot, future) for slot, (future, _) in self._waiting.items()]
         self._loop.call_later(self.orphan_wait, self._give_up, orphans)
 
     @property
@@ -534,14 +533,12 @@ class Replica:
         for slot, future in orphans:
             if self._waiting.get(slot, (None,))[0] is future:
                 del self._waiting[slot]
-                self._orphans.discard(slot)
             if not future.done():
                 future.set_exception(NotLeader(self.id, self.core.leader))
 
     def _fail_waiters(self) -> None:
         """The replica closes: its waiters may still commit (under a new leader), so callers
         learn only to retry, which is safe for idempotent writes."""
-        self._orphans.clear()
         waiting, self._waiting = self._waiting, {}
         reads, self._reads = self._reads, []
         for future in [f for f, _ in waiting.values()] + [f for _, f in reads]:
