@@ -16,19 +16,23 @@ the same percentile: on a busy 2-core machine both are descheduled for milliseco
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
+import socket
 import threading
 import time
 
 import httptools
 import pytest
 import uvloop
+from click.testing import CliRunner
 
 from dynstore.bench import histogram
 from dynstore.bench.loadgen import Plan, run
 from dynstore.bench.timer import Timer
 from dynstore.bench.workloads import Requests, WORKLOADS, make_filler
 from dynstore.api.values import item_size
+from dynstore.cli import main
 
 GET_RESPONSE = b'{"Item":{"pk":{"S":"user0000000001"},"data":{"S":"x"}}}'
 
@@ -212,3 +216,21 @@ def test_workload_mix_and_seeded_repeatability():
     assert 1850 <= reads <= 1950
     assert {op for op, _ in stream("C", 1)} == {"GetItem"}
     assert {op for op, _ in stream("W", 1)} == {"PutItem"}
+
+
+@pytest.mark.parametrize("chart_option, refused", [(["--chart", "run.png"], True), ([], False)])
+def test_a_chart_without_matplotlib_is_refused_before_the_run_only_when_asked_for(monkeypatch, chart_option,
+                                                                                   refused):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest))
+    with socket.socket() as closed:  # a port nothing listens on: a run that started fails to connect
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result = CliRunner().invoke(main, ["bench", "--endpoint", endpoint, "--duration", "1", "--out", "",
+                                       *chart_option])
+    if refused:
+        assert result.exit_code == 2 and "--chart needs matplotlib" in result.output
+    else:
+        assert "no chart: matplotlib is not installed" in result.output
+        assert result.exit_code == 1 and "failed" in result.output  # it went on to the run

@@ -13,6 +13,7 @@ and stops it at the end; ``--compare URL`` uses a running endpoint.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from dynstore import limits
 from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
 from dynstore.bench.workloads import ARRIVALS, DISTRIBUTIONS, WORKLOADS
 
+DEFAULT_CHART = "bench.png"
 MOTO_START_S_MAX = 30.0  # moto_server imports a lot before it listens
 
 
@@ -119,7 +121,8 @@ def _rates(rate: float, rates: str | None, closed: bool) -> list[float | None]:
               show_default=False, help="Default: $DYNSTORE_SECRET_ACCESS_KEY, else the development secret.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--out", default="bench.json", show_default=True, help="JSON results ('' for none).")
-@click.option("--chart", default="bench.png", show_default=True, help="PNG chart ('' for none).")
+@click.option("--chart", default=None,
+              help=f"PNG chart ('' for none). Default: {DEFAULT_CHART} when matplotlib is installed (the bench extra).")
 def bench(endpoint, label, peer, workload, distribution, keys, item_size, rate, rates, arrival, closed,
           concurrency, duration, consistent, load, table, workers, connections, region, access_key_id,
           secret_access_key, seed, out, chart):
@@ -134,6 +137,7 @@ def bench(endpoint, label, peer, workload, distribution, keys, item_size, rate, 
     from dynstore.bench import loadgen, report
 
     console = Console()
+    chart = _chart_path(console, chart)
     with contextlib.ExitStack() as stack:
         targets = [(label, endpoint)]
         if peer is not None:
@@ -172,6 +176,19 @@ def bench(endpoint, label, peer, workload, distribution, keys, item_size, rate, 
         console.print(f"chart: {chart}")
     for line in report.headline(compared):
         console.print(f"[bold]{line}[/bold]")
+
+
+def _chart_path(console: Console, chart: str | None) -> str:
+    """Where the chart goes ('' for nowhere), decided before a run rather than after it: a chart asked
+    for without matplotlib is a usage error; the default one is skipped, with a word why."""
+    if chart == "":
+        return chart
+    if importlib.util.find_spec("matplotlib") is not None:
+        return chart or DEFAULT_CHART
+    if chart is not None:
+        raise click.UsageError("--chart needs matplotlib: pip install 'dynstore[bench]', or pass --chart ''")
+    console.print("no chart: matplotlib is not installed (pip install 'dynstore[bench]')", markup=False)
+    return ""
 
 
 def _prepare(console: Console, loadgen, plans: dict, load: bool) -> None:

@@ -137,11 +137,8 @@ PERCENTILE_STYLES = (("p50_us", "-"), ("p90_us", "--"), ("p99_us", "-."), ("p99_
 
 
 def chart(path: str, records: list[dict]) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("drawing the chart needs matplotlib: pip install 'dynstore[bench]', "
-                           "or pass --chart ''") from None
+    """Draw ``records`` to a PNG at ``path``; needs matplotlib (the bench extra)."""
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
