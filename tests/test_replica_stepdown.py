@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dynstore.replication.errors import NotLeader
+from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import STORAGE
 from dynstore.replication.paxos import LEADER, Timing
 from dynstore.replication.replica import Replica
@@ -82,6 +82,31 @@ def test_a_write_whose_leader_stepped_down_learns_it_was_chosen(tmp_path):
         while any(r.applied < slot for r in group.replicas.values()):
             await asyncio.sleep(0.01)
         assert all(r.tree.get(b"k") == b"v" for r in group.replicas.values())
+    Group.run(tmp_path, scenario)
+
+
+def test_a_write_whose_slot_a_new_leader_filled_learns_it_was_not_chosen(tmp_path):
+    async def scenario(group):
+        leader = await group.leader()
+        others = [r for r in group.replicas if r != leader.id]
+        group.cut |= {(leader.id, r) for r in others} | {(r, leader.id) for r in others}
+        write = asyncio.ensure_future(leader.put(encode_batch([(b"k", b"lost")])))
+        await asyncio.sleep(0)
+        slot = max(leader._waiting)
+        while True:  # the others elect a leader of their own, which fills the slot otherwise
+            successor = next((group.replicas[r] for r in others if group.replicas[r].core.lease_valid(
+                group.replicas[r].clock())), None)
+            if successor is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await successor.put(encode_batch([(b"k", b"written")])) >= slot
+        group.cut.clear()
+        with pytest.raises(NotChosen):
+            await asyncio.wait_for(write, 5)
+        # The old leader follows the new one: its write is nowhere, the new leader's everywhere.
+        while leader.applied < successor.applied:
+            await asyncio.sleep(0.01)
+        assert all(r.tree.get(b"k") == b"written" for r in group.replicas.values())
     Group.run(tmp_path, scenario)
 
 

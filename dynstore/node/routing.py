@@ -88,8 +88,9 @@ its connection after sending, answers InternalServerError (500, which SDKs retry
 or may not have taken effect. Such a write is not retried here, since a conditional or ADD
 update is not idempotent; a read is, at the next leader. A write whose replica stopped
 leading before the request proposed anything (a hand-over between the leader check and the
-proposal, or during one: replicated.py ``transfer``) did nothing, so it runs again, at the
-next leader; one whose leader holds its most proposals in flight (Busy) answers
+proposal, or during one: replicated.py ``transfer``), or whose stepped-down leader learnt that
+its slot holds another command (NotChosen), did nothing, so it runs again, at the next
+leader; one whose leader holds its most proposals in flight (Busy) answers
 ProvisionedThroughputExceededException, which SDKs retry after a back-off.
 router/replicated.py's PROPOSED tells the cases apart.
 """

@@ -24,6 +24,14 @@ class NotLeader(ReplicationError):
         super().__init__(f"replica {replica} cannot serve this request as leader now{hint}")
 
 
+class NotChosen(NotLeader):
+    """The slot of a proposal was chosen for another command (a later leader filled it): the
+    command was not written and never will be, since it was proposed at that slot only; and
+    no later command of its leader was chosen either (an acceptor takes a slot only with the
+    ones before it in the same ballot). Route the request again, as for NotLeader before a
+    proposal."""
+
+
 class Busy(ReplicationError):
     """The leader holds its maximum of uncommitted proposals (or a membership change is
     still in flight); retry once earlier proposals commit."""

@@ -73,7 +73,7 @@ import time
 from collections import deque
 
 from dynstore.limits import CHECKPOINT_ENTRIES, LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT
-from dynstore.replication.errors import NotLeader
+from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import LOG as LOG_ROLE
 from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Entries, HardState, SnapshotChunk, SnapshotMeta,
                                            decode, encode, frame_length)
@@ -350,15 +350,16 @@ class Replica:
 
     def propose(self, data: bytes) -> asyncio.Future:
         """Propose one command now; the future is ``put``'s answer. NotLeader or Busy raised
-        here means nothing was proposed; NotLeader from the future, that the command may
-        still commit under the next leader (``_orphan_waiters``)."""
+        here means nothing was proposed; NotChosen from the future, that it was not written
+        (its slot holds another command); NotLeader, that it may still commit under the next
+        leader (``_orphan_waiters``)."""
         if self.handing_over:
             raise NotLeader(self.id, self.core.leader)
         slot = self.core.propose(data, self.clock())
         future = asyncio.get_running_loop().create_future()
         old = self._waiting.get(slot)
         if old is not None and not old[0].done():  # a stepped-down leader's slot that a new leader refilled
-            old[0].set_exception(NotLeader(self.id, self.core.leader))
+            old[0].set_exception(NotChosen(self.id, self.core.leader))
         self._waiting[slot] = (future, data)
         self._proposed = True
         self._schedule_flush()
@@ -507,14 +508,14 @@ class Replica:
                 else:
                     future.set_exception(refused)
             else:
-                future.set_exception(NotLeader(self.id, self.core.leader))
+                future.set_exception(NotChosen(self.id, self.core.leader))
 
     def _orphan_waiters(self) -> None:
         """This leader stepped down with proposals in flight. Each may still be chosen at its
         slot: the next leader recovers what a quorum accepted, and this replica, following it,
         applies the slot, which answers the waiter (``_applied``): its slot if the command is
         there, as it usually is, so its caller does not get "may or may not have taken effect";
-        NotLeader if another command is. A replica cut off from the group would never learn
+        NotChosen if another command is. A replica cut off from the group would never learn
         it: its waiters give up with NotLeader after ``orphan_wait`` (three election
         timeouts: the step-down, the next election, and room for the new leader's first
         commit). Strong reads give up at once; they are retried at the next leader."""

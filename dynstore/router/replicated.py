@@ -19,12 +19,13 @@ Reads and writes, as partition.py asks of them:
   suspension, so it is atomic with the ``get_latest`` reads before it, and returns once
   the entry is committed on a quorum, durable and applied here. A leader that steps down
   keeps waiting for its slot (replica.py ``_orphan_waiters``): applied as a follower, the
-  slot returns the write if it was chosen there; if another command was, or the replica is
-  cut off for three election timeouts, it fails with NotLeader: the write may have been
-  committed (under the next leader).
+  slot returns the write if it was chosen there; if another command was, it fails with
+  NotChosen: nothing was written. If the replica is cut off for three election timeouts, it
+  fails with NotLeader: the write may have been committed (under the next leader).
   NotLeader or Busy before the proposal (the replica no longer leads, hands the lead over,
-  or holds too many proposals) means nothing was written; ``PROPOSED`` tells the two apart
-  for the request router.
+  or holds too many proposals) means nothing was written; ``PROPOSED`` tells the cases apart
+  for the request router: it lists the groups a request proposed to, less those whose
+  proposal came back NotChosen.
 
 Key ranges and splits. A table's partition is a range of item storage keys [start, end); the
 group's range record (schema.RANGE_KEY in its tree, JSON ``{"start", "end", "gen", "children":
@@ -67,7 +68,7 @@ from dynstore.api.operations.schema import RANGE_KEY
 from dynstore.api.operations.split import Cut
 from dynstore.limits import (CHECKPOINT_ENTRIES, ELECTION_TIMEOUT_S, HOT_KEY_SAMPLE, LOG_KEEP_ENTRIES,
                              REPLICA_WAL_SEGMENT_BYTES, SPLIT_SLICE_ITEMS, TRANSFER_POLL_S, TRANSFER_WAIT_S)
-from dynstore.replication.errors import NotLeader, StaleRange
+from dynstore.replication.errors import NotChosen, NotLeader, StaleRange
 from dynstore.replication.messages import LOG, STORAGE
 from dynstore.replication.paxos import LEADER, Timing
 from dynstore.replication.replica import SEED_SLOT, Later, Replica, is_seeded, seed_replica
@@ -382,7 +383,12 @@ class ReplicaGroup:
             proposed = PROPOSED.get()
             if proposed is not None:
                 proposed.append(self.group)
-            slot = await proposal
+            try:
+                slot = await proposal
+            except NotChosen:
+                if proposed is not None:
+                    proposed.remove(self.group)  # this proposal wrote nothing after all
+                raise
             applied = True
             return slot
         finally:
