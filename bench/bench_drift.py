@@ -31,6 +31,8 @@ import statistics
 import sys
 import time
 
+import pytest
+
 from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
 from dynstore.bench import loadgen, report
 
@@ -70,6 +72,9 @@ def measure(cluster: Cluster, label: str, table: str, keys: int) -> dict:
     return rows
 
 
+# The load runs at 1,000-2,500 items a second here: past the suite's 10-minute timeout from
+# about 10^6 items on.
+@pytest.mark.timeout(1800 + LARGE_ITEMS // 500)
 def test_drift(benchmark, tmp_path):
     split_bytes = LARGE_ITEMS * STORED_ITEM_BYTES * 3 // (PARTITIONS * 2)  # between an 8th and a 16th
     cluster = Cluster(tmp_path / "data", "--split-bytes", str(split_bytes), "--hot-rate", "1e12")
