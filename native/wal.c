@@ -138,16 +138,17 @@ typedef struct uring {
 struct ds_wal {
     char *dir;                   /* log directory */
     ds_wal_config cfg;           /* limits and sync mode given at open */
-    pthread_mutex_t mu;          /* guards the fields down to `failure` */
+    pthread_mutex_t mu;          /* guards the fields down to `failure` (writes of the atomic ones) */
     pthread_cond_t work_cv;      /* the flusher waits here for records */
     pthread_cond_t done_cv;      /* the flusher took a batch (room freed), went idle, or failed */
     pthread_cond_t durable_cv[DURABLE_CVS]; /* waiters for LSN l sleep on durable_cv[l % DURABLE_CVS] */
-    uint64_t next_lsn;           /* LSN the next append gets */
+    _Atomic uint64_t next_lsn;   /* LSN the next append gets; changed under the mutex, read without */
     buf pending;                 /* encoded records not yet taken by the flusher */
     buf batch;                   /* the batch the flusher is writing (its own while busy) */
     int busy;                    /* the flusher is writing `batch` */
     int closing;                 /* close() began: no more appends, the flusher drains and exits */
-    int failed;                  /* a flush failed: fail-stop until reopened */
+    _Atomic int failed;          /* a flush failed: fail-stop until reopened; set under the mutex, after
+                                    `failure`, and read without it by ds_wal_failure's fast path */
     ds_wal_error failure;        /* why it failed */
     _Atomic uint64_t durable;    /* every record <= this is durable; read without the mutex */
     pthread_rwlock_t segs_lock;  /* the segment array: readers share, rolls and admin exclude */
@@ -826,13 +827,17 @@ static void *flusher_main(void *arg) {
             atomic_store(&w->durable, last);
             wake_durable(w, before + 1, last);
         } else {
-            w->failed = 1;
             w->failure = e;
+            w->failed = 1;
             w->pending.len = 0; /* fail-stop: nothing queued after the failure is written */
             wake_durable(w, 0, UINT64_MAX);
         }
         pthread_cond_broadcast(&w->done_cv);
+        /* The event loop wakes on this and asks for the log's state at once: the mutex is let go
+         * first, so that the woken thread (which may take this thread's CPU) does not block on it. */
+        pthread_mutex_unlock(&w->mu);
         signal_event(w);
+        pthread_mutex_lock(&w->mu);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -974,6 +979,7 @@ int ds_wal_wait(ds_wal *w, uint64_t lsn, int64_t timeout_ms, ds_wal_error *err) 
 }
 
 int ds_wal_failure(ds_wal *w, ds_wal_error *err) {
+    if (!w->failed) return 0; /* asked after every durable advance: no mutex while all is well */
     pthread_mutex_lock(&w->mu);
     int code = w->failed ? w->failure.code : 0;
     if (code) *err = w->failure;
@@ -988,12 +994,7 @@ uint64_t ds_wal_first_lsn(ds_wal *w) {
     return first < ds_wal_last_lsn(w) + 1 ? first : 0;
 }
 
-uint64_t ds_wal_last_lsn(ds_wal *w) {
-    pthread_mutex_lock(&w->mu);
-    uint64_t last = w->next_lsn - 1;
-    pthread_mutex_unlock(&w->mu);
-    return last;
-}
+uint64_t ds_wal_last_lsn(ds_wal *w) { return w->next_lsn - 1; }
 
 uint64_t ds_wal_durable_lsn(ds_wal *w) { return atomic_load(&w->durable); }
 
