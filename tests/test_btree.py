@@ -214,6 +214,37 @@ def _churn(t, model, rng, rounds=3000):
             model[k] = v
 
 
+def test_pages_written_ahead_leave_the_checkpoints_as_they_were_and_the_next_less_to_write(storage_backend,
+                                                                                            tmp_path):
+    """write_dirty writes changed pages early, as eviction does: the tree reads the same, a crash
+    still reopens the last checkpoint exactly, and the next checkpoint has those pages written."""
+    path = tmp_path / "t.db"
+    t = open_tree(path, cache_bytes=64 << 20)  # everything cached: only write_dirty writes early
+    rng = random.Random(7)
+    model = {b"%05d" % i: rng.randbytes(300) for i in range(3000)}
+    t.write_batch(model.items())
+    t.checkpoint(1)
+    first = dict(model)
+    _churn(t, model, rng)
+    dirty = t.stats()["dirty_pages"]
+    assert dirty > 10
+    assert t.write_dirty(dirty // 2) == dirty // 2
+    assert t.stats()["dirty_pages"] == dirty - dirty // 2
+    assert dict(t.scan()) == model
+    t.close()  # a crash: the pages written ahead belong to no checkpoint
+    t = open_tree(path, cache_bytes=64 << 20)
+    assert t.checkpoint_lsn == 1 and dict(t.scan()) == first
+    model = dict(first)
+    _churn(t, model, rng)
+    assert t.write_dirty(1 << 30) > 0 and t.stats()["dirty_pages"] == 0
+    _churn(t, model, rng, 100)  # some pages written ahead change again
+    t.checkpoint(2)
+    t.close()
+    t = open_tree(path, cache_bytes=64 << 20)
+    assert t.checkpoint_lsn == 2 and list(t.scan()) == sorted(model.items())
+    t.close()
+
+
 @pytest.mark.parametrize("crash_after", ["begin", "seal", "end"])
 def test_a_checkpoint_in_steps_takes_changes_between_them(storage_backend, tmp_path, crash_after):
     """checkpoint_begin writes the state of its moment; the tree takes changes (evicting pages)

@@ -31,6 +31,8 @@ Applied state. A committed COMMAND entry is a write batch in the engine's encodi
 (storage/engine.py encode_batch) applied to the tree at its slot. The tree is checkpointed
 every CHECKPOINT_ENTRIES applied entries; the log is then compacted up to LOG_KEEP_ENTRIES
 below the checkpoint, and recovery re-applies the committed entries after the checkpoint.
+In the last stretch before a checkpoint each apply writes a few of the tree's changed pages
+ahead (``write_dirty``), so the checkpoint's own page writes, on the event loop, are few.
 The Engine is not used here because its own WAL would be a second log: in a replicated
 partition the Paxos log is the write-ahead log, so the shell drives the tree directly.
 A command too long to apply in one go on the event loop (a split copies half a partition)
@@ -72,7 +74,8 @@ import random
 import time
 from collections import deque
 
-from dynstore.limits import CHECKPOINT_ENTRIES, LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT
+from dynstore.limits import (CHECKPOINT_ENTRIES, CHECKPOINT_WRITE_AHEAD_FROM, CHECKPOINT_WRITE_AHEAD_PAGES,
+                             LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT)
 from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import LOG as LOG_ROLE
 from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Entries, HardState, SnapshotChunk, SnapshotMeta,
@@ -549,8 +552,13 @@ class Replica:
     # --- checkpoints and the log's size -------------------------------------------------------
 
     def _checkpoint_if_due(self) -> None:
-        if self.applied - self.tree.checkpoint_lsn >= self.checkpoint_entries:
+        behind = self.applied - self.tree.checkpoint_lsn
+        if behind >= self.checkpoint_entries:
             self._checkpoint()
+        elif behind >= self.checkpoint_entries * CHECKPOINT_WRITE_AHEAD_FROM and self._checkpointing is None:
+            # The last stretch before a checkpoint: its changed pages go to disk a few at a time,
+            # between requests, rather than all at once on the event loop when it begins.
+            self.tree.write_dirty(CHECKPOINT_WRITE_AHEAD_PAGES)
 
     def _checkpoint(self) -> None:
         if self._checkpointing is None:

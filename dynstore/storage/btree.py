@@ -4,8 +4,8 @@
 the native tree (``dynstore.storage._btree``, from native/btree.pyx) or the pure-Python
 reference (btree_ref.py), as chosen by ``backend`` or ``DYNSTORE_STORAGE``. Both write
 the format below and honour one contract: get / put / delete / write_batch / scan /
-bulk_load / checkpoint (at once, or in steps) / snapshot / stats / fileno / close (see the
-storage contracts).
+bulk_load / checkpoint (at once, or in steps) / write_dirty (changed pages written ahead of
+a checkpoint) / snapshot / stats / fileno / close (see the storage contracts).
 
 On-disk format (format version 1, little-endian, one file of 16 KiB pages)
 --------------------------------------------------------------------------

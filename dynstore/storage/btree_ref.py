@@ -840,6 +840,20 @@ class ReferenceBTree:
         self._check_open()
         self._fsync()
 
+    def write_dirty(self, pages_max: int) -> int:
+        """Write up to `pages_max` changed pages to disk, as eviction does, keeping them cached
+        and clean; returns how many (see the native tree)."""
+        self._check_open()
+        written = 0
+        for node in self._pool.values():
+            if written >= pages_max:
+                break
+            if node.dirty:
+                self._pwrite(self._encode_node(node), node.pno * PAGE)
+                node.dirty = False
+                written += 1
+        return written
+
     def checkpoint_begin(self, lsn: int) -> None:
         """Write the current state as of `lsn` and its free list to pages no durable checkpoint
         uses; checkpoint_seal and checkpoint_end, each after sync_data, make it durable."""
