@@ -42,3 +42,34 @@ def test_changed_pages_go_to_disk_ahead_of_the_checkpoint(tmp_path):
         finally:
             await replica.close()
     asyncio.run(main())
+
+
+def test_a_checkpoint_with_many_changed_pages_writes_them_a_few_at_a_time(tmp_path):
+    """A checkpoint asked for before the stretch (as shipping a snapshot does) finds every changed
+    page still to write: they go out between other work, not in one go on the event loop."""
+    async def main():
+        replica = await leading(Replica(str(tmp_path), 1, ((1, STORAGE),), send=lambda m: None, timing=TIMING,
+                                        checkpoint_entries=100_000))
+        try:
+            for first in range(0, 1500, 50):
+                await asyncio.gather(*(replica.put(encode_batch([(b"k%05d" % n, bytes([n % 251]) * 1000)]))
+                                       for n in range(first, first + 50)))
+            piled = replica.tree.stats()["dirty_pages"]
+            assert piled > 4 * CHECKPOINT_WRITE_AHEAD_PAGES
+            seen, done = [], asyncio.Event()
+
+            async def watch():
+                while not done.is_set():
+                    seen.append(replica.tree.stats()["dirty_pages"])
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.ensure_future(watch())
+            replica._checkpoint()
+            await replica._checkpointing
+            done.set()
+            await watcher
+            assert any(0 < d < piled for d in seen)  # the loop ran while they were being written
+            assert replica.tree.checkpoint_lsn == replica.applied
+        finally:
+            await replica.close()
+    asyncio.run(main())

@@ -568,9 +568,19 @@ class Replica:
         """Checkpoint the applied tree. Only writing its pages runs on the event loop: both
         fdatasyncs run in a thread while the replica goes on applying (the tree copies any page
         the checkpoint holds), so a checkpoint of many scattered changes holds up no request
-        for the disk's time. Then the log before it, less LOG_KEEP_ENTRIES, is dropped."""
-        tree, lsn = self.tree, self.applied
+        for the disk's time. Pages still changed when it is due (more than the stretch before it
+        wrote ahead: a burst of large batches, a split, a snapshot asked for early) first go out
+        a few at a time between requests. Then the log before it, less LOG_KEEP_ENTRIES, is
+        dropped."""
+        tree = self.tree
         try:
+            for _ in range(tree.stats()["dirty_pages"] // CHECKPOINT_WRITE_AHEAD_PAGES):
+                if not tree.write_dirty(CHECKPOINT_WRITE_AHEAD_PAGES):
+                    break
+                await asyncio.sleep(0)
+                if tree is not self.tree:
+                    return
+            lsn = self.applied
             tree.checkpoint_begin(lsn)
             await _sync_off_loop(tree)
             if tree is not self.tree:
