@@ -121,7 +121,7 @@ def _echo_credentials(credentials: Credentials) -> None:
 async def _serve(host: str, port: int, data_dir: str, region: str, credentials: Credentials, node_id: str,
                  zone: str, canary_interval: float, split_bytes: int) -> None:
     from dynstore.api.operations import OPERATIONS, State
-    from dynstore.api.server import Server
+    from dynstore.api.server import Server, freeze_long_lived
     from dynstore.canary import Canary
     from dynstore.status import node_status
 
@@ -135,6 +135,7 @@ async def _serve(host: str, port: int, data_dir: str, region: str, credentials: 
             await server.start(host, port)
         except OSError as exc:
             raise _cannot_listen(host, port, exc) from None
+        freeze_long_lived()
         endpoint_host = f"[{host}]" if ":" in host else host
         click.echo(f"dynstore is serving DynamoDB at http://{endpoint_host}:{server.port}  (region {region})")
         click.echo(f"data directory: {data_dir}")

@@ -83,6 +83,11 @@ def test_status_shows_every_partition_measured_and_survives_a_killed_leader(clus
         # No probe of a healthy cluster fails.
         assert p["availability"]["window"] == 1.0 and p["availability"]["day"] == 1.0, p
     assert view["availability"]["window"] == 1.0
+    for endpoint in cluster.endpoints.values():
+        # What lives as long as the node (modules, classes, replicas) is out of the collector's
+        # walk: a full collection walks a few thousand objects, not tens of thousands.
+        collector = fetch(endpoint, 5)["collector"]
+        assert collector["frozen"] >= 4 * collector["tracked"], collector
     assert [(n["id"], n["zone"]) for n in view["nodes"]] == [("node-1", "zone-a"), ("node-2", "zone-b"),
                                                               ("node-3", "zone-c")]
     # Every probe counted is one a node made of a partition it led: the nodes' figures add up.

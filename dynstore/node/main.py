@@ -23,7 +23,9 @@ The node's availability canary (dynstore/canary.py) probes the partitions whose 
 leads, every ``canary_interval_s``. ``GET /status`` answers the node's document
 (dynstore/status.py) with ``"groups": {"meta" | table name: replica status (replica.py)},
 "forwarded": n, "leader_waits": n (node/routing.py), "log_replicas": open now,
-"log_replicas_opened": since start`` added.
+"log_replicas_opened": since start, "collector": {"tracked", "frozen", "collections": [per
+generation]}`` added: the objects a full collection of the garbage collector walks, those
+frozen out of its walk, and the collections so far.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ EXIT_FATAL = 70
 
 async def serve(config: NodeConfig) -> int:
     from dynstore.api.operations import State
-    from dynstore.api.server import Server
+    from dynstore.api.server import Server, freeze_long_lived
     from dynstore.autoadmin.service import Autoadmin
     from dynstore.canary import Canary, led_partitions
     from dynstore.node.routing import Routing
@@ -85,6 +87,7 @@ async def serve(config: NodeConfig) -> int:
         server = Server(routing.operations, state, credentials, region=config.region, metrics=state.metrics,
                         status=lambda: node_status(state, canary, routing, config))
         await server.start(host, port)
+        freeze_long_lived()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopped.set)
@@ -150,7 +153,9 @@ def node_status(state, canary, routing, config: NodeConfig) -> dict:
     return dict(node_document(canary, me, nodes, leads, partitions, pids), groups=router.status(),
                 forwarded=routing.forwarded, leader_waits=routing.leader_waits,
                 log_replicas=sum(g.log_only for g in router.groups.values()),
-                log_replicas_opened=router.log_replicas_opened)
+                log_replicas_opened=router.log_replicas_opened,
+                collector={"tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count(),
+                           "collections": [g["collections"] for g in gc.get_stats()]})
 
 
 @click.command()
@@ -174,11 +179,6 @@ def main(config_path: str):
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s")
     faulthandler.enable()  # a crash in native code leaves every thread's stack in node.log
-    # What is loaded by now (modules, classes, functions: two thirds of what the collector
-    # tracks in a serving node) lives as long as the process. Frozen, it is out of the walk of
-    # every full collection, which under writes comes every few seconds and stalls the loop.
-    gc.collect()
-    gc.freeze()
     sys.exit(uvloop.run(serve(config)))
 
 

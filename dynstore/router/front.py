@@ -121,13 +121,14 @@ async def serve(config, host: str, port: int, credentials, region: str) -> None:
 
     import click
 
-    from dynstore.api.server import Server
+    from dynstore.api.server import Server, freeze_long_lived
 
     front = FrontRouter({n.id: n.forward for n in config.expanded()[0].nodes}, config.cluster_secret())
     server = Server(front.operations, None, credentials, region=region,
                     status=lambda: {"router": {"nodes": front.nodes, "direct": front.direct}})
     try:
         await server.start(host, port)
+        freeze_long_lived()
         click.echo(f"dynstore router is serving DynamoDB at http://{host}:{server.port} for the "
                    f"{len(front.nodes)} nodes of the cluster")
         stop = asyncio.Event()
