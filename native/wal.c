@@ -37,10 +37,14 @@
  * Appenders encode records (checksum computed over the caller's bytes) into a pending
  * buffer under a mutex and return at once. One flusher thread swaps that buffer out,
  * re-verifies every record in it (paired with the check after every read), and makes it
- * durable with one write and one fdatasync per segment touched: a linked io_uring
- * write -> fsync(DATASYNC) pair, or pwrite + fdatasync. io_uring is used through the raw
- * system calls (io_uring_setup/io_uring_enter and the mmap'ed rings), so the build needs
- * only the kernel headers. Each advance of durable_lsn is signalled on an eventfd and a
+ * durable with one write and one fdatasync per segment touched: pwrite + fdatasync, or,
+ * when asked for (DS_WAL_SYNC_URING), a linked io_uring write -> fsync(DATASYNC) pair.
+ * pwrite + fdatasync is the default because the flusher waits for its batch either way,
+ * and io_uring hands every fsync to one of its kernel worker threads (io-wq): one more
+ * wake-up per batch, which costs a durable append 100-150 us at the median on a 2-core
+ * machine with ext4, and 15-45 % of the rate of a single appender. io_uring is used through
+ * the raw system calls (io_uring_setup/io_uring_enter and the mmap'ed rings), so the build
+ * needs only the kernel headers. Each advance of durable_lsn is signalled on an eventfd and a
  * condition variable.
  *
  * Faults survived
@@ -865,10 +869,10 @@ int ds_wal_open(const char *dir, const ds_wal_config *cfg, ds_wal **out, ds_wal_
     int rc = 0;
     if (!(w->dir = strdup(dir))) rc = fail(err, DS_WAL_EIO, ENOMEM, dir, 0, "out of memory");
     if (!rc) rc = recover(w, err);
-    if (!rc && cfg->sync_mode != DS_WAL_SYNC_FDATASYNC) {
+    if (!rc && cfg->sync_mode == DS_WAL_SYNC_URING) {
         int e = uring_init(&w->ring);
         if (e == 0) w->io_path = IO_URING;
-        else if (cfg->sync_mode == DS_WAL_SYNC_URING)
+        else
             rc = fail(err, DS_WAL_EIO, -e, dir, 0, "sync='uring' but the kernel refuses io_uring (%s); use sync='auto'",
                       strerror(-e));
     }

@@ -25,7 +25,7 @@ enum {
 };
 
 enum {
-    DS_WAL_SYNC_AUTO = 0,     /* io_uring when the kernel allows it, else pwrite + fdatasync */
+    DS_WAL_SYNC_AUTO = 0,     /* the faster path on Linux today: pwrite + fdatasync (wal.c) */
     DS_WAL_SYNC_URING = 1,    /* io_uring or fail to open */
     DS_WAL_SYNC_FDATASYNC = 2 /* pwrite + fdatasync only */
 };

@@ -220,13 +220,13 @@ def _io_uring_fds() -> int:
     return count
 
 
-@pytest.mark.parametrize("sync", ["uring", "fdatasync"])
-def test_native_io_paths(tmp_path, sync):
+@pytest.mark.parametrize("sync, path", [("uring", "uring"), ("fdatasync", "fdatasync"), ("auto", "fdatasync")])
+def test_native_io_paths(tmp_path, sync, path):
     before = _io_uring_fds()
     with WAL(tmp_path, sync=sync, segment_bytes=SEGMENT, backend="native") as wal:
-        assert wal.io_path == sync
+        assert wal.io_path == path
         # The kernel object behind the ring is visible: proof that io_uring, not a flag, is in use.
-        assert _io_uring_fds() - before == (1 if sync == "uring" else 0)
+        assert _io_uring_fds() - before == (1 if path == "uring" else 0)
         fill(wal, 300)
         check(wal, 1, 300)
     with WAL(tmp_path, sync=sync, segment_bytes=SEGMENT, backend="native") as wal:

@@ -35,9 +35,10 @@ class WAL:
     """A write-ahead log in `directory`; see the module docstring for how to wait on it.
 
     sync: "uring" submits each batch as a linked io_uring write and fdatasync, "fdatasync"
-    uses pwrite and fdatasync, "auto" takes io_uring when the kernel allows it. The path in
-    use is ``io_path``. LSNs count from 1; ``last_lsn`` is the last appended (0 in a new
-    log, n-1 after reset(n)), ``first_lsn`` the first one still held (0 when it holds none).
+    uses pwrite and fdatasync, "auto" takes pwrite and fdatasync (the faster of the two here:
+    native/wal.c says why). The path in use is ``io_path``. LSNs count from 1; ``last_lsn``
+    is the last appended (0 in a new log, n-1 after reset(n)), ``first_lsn`` the first one
+    still held (0 when it holds none).
     The directory is created if missing.
     """
 
