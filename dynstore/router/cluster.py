@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import shutil
 import time
@@ -82,7 +83,7 @@ import orjson
 from dynstore import net
 from dynstore.api.errors import ServiceUnavailable
 from dynstore.limits import (CATALOG_RECONCILE_INTERVAL_S, CHECKPOINT_ENTRIES, FORWARD_POLL_S, FORWARD_WAIT_S,
-                             LOG_KEEP_ENTRIES, REPLICAS)
+                             LOG_KEEP_ENTRIES, REPLICAS, TABLES_PER_ACCOUNT_MAX)
 from dynstore.replication.errors import StaleRange
 from dynstore.replication.replica import is_seeded
 from dynstore.replication.tasks import Tasks
@@ -109,8 +110,10 @@ class Reroute(Exception):
         super().__init__(f"the request belongs at the leader of replication group {group}")
 
 
+@functools.lru_cache(maxsize=TABLES_PER_ACCOUNT_MAX)
 def table_group(table_id: str) -> int:
-    """The first replication group of a table: nonzero, so never the metadata group."""
+    """The first replication group of a table: nonzero, so never the metadata group. Cached:
+    each request asks it several times, and parsing the UUID costs more than the lookup."""
     return (uuid.UUID(table_id).int & ((1 << 63) - 1)) or 1
 
 

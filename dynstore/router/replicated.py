@@ -341,6 +341,8 @@ class ReplicaGroup:
 
     def serves_strong(self) -> bool:
         """A strongly consistent read or a write may run here now (what read_barrier waits for)."""
+        if not self.is_leader():
+            return False  # the usual answer on a follower, without raising and catching NotLeader
         try:
             return self.replica.applied >= self.replica.core.read(self.replica.clock())
         except NotLeader:
