@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 ROUTER = 0  # the caller id of a standalone router (node ids start at 1)
 
 
+class _GaveUp(Exception):
+    """A call stopped waiting for its answer; the message says why."""
+
+
 class NodeLinks:
     """``addresses`` maps node id -> its forward address (net.py); ``caller`` is this
     process's id in the handshake."""
@@ -68,26 +72,38 @@ class NodeLinks:
         client = await self.client(node)
         if client is None:
             return None
-        call = asyncio.ensure_future(client.call(op, request=request, hops=hops, **fields))
+        try:
+            answer = client.send(op, request=request, hops=hops, **fields)
+        except ConnectionError:
+            return None  # closed since: nothing was sent
+        # One timer watches the wait, rather than a task and a wait per call: most answers
+        # come long before the first look.
+        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + FORWARD_TIMEOUT_S
-        while not call.done():
-            await asyncio.wait({call}, timeout=FORWARD_POLL_S)
-            if call.done():
-                break
+
+        def look() -> None:
+            nonlocal timer
+            if answer.done():
+                return
             reason = give_up() if give_up is not None else None
             if reason is None and time.monotonic() > deadline:
                 reason = f"node {node} did not answer within {FORWARD_TIMEOUT_S} s"
             if reason is None:
-                continue
-            call.cancel()
-            await self._drop(node, client)
-            raise InternalServerError(f"{reason}; it may or may not have taken effect")
+                timer = loop.call_later(FORWARD_POLL_S, look)
+            else:
+                answer.set_exception(_GaveUp(reason))
+        timer = loop.call_later(FORWARD_POLL_S, look)
         try:
-            return call.result()
+            return await answer
+        except _GaveUp as exc:
+            await self._drop(node, client)
+            raise InternalServerError(f"{exc}; it may or may not have taken effect") from None
         except ConnectionError:
             await self._drop(node, client)
             raise InternalServerError(f"lost node {node} while it served the request; it may or may not have "
                                       f"taken effect") from None
+        finally:
+            timer.cancel()
 
     async def _drop(self, node: int, client: GroupClient) -> None:
         if self._clients.get(node) is client:

@@ -204,13 +204,17 @@ class GroupClient:
         return self._task.done()
 
     async def call(self, op: str, **fields) -> dict:
+        return await self.send(op, **fields)
+
+    def send(self, op: str, **fields) -> asyncio.Future:
+        """Send a request now; the future its answer sets (ConnectionError when none will come)."""
         if self.closed:
             raise ConnectionError("group process connection closed")
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
         write_frame(self._writer, {"id": rid, "op": op, **fields})
-        return await future
+        return future
 
     async def _read(self) -> None:
         try:
