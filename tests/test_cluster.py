@@ -219,6 +219,23 @@ def test_every_node_serves_tables_and_items(cluster):
                            UpdateExpression="SET n = n + :one", ExpressionAttributeValues={":one": {"N": "1"}})
     got = clients[1].get_item(TableName="orders", Key={"pk": {"S": "from-1"}, "sk": {"N": "0"}}, ConsistentRead=True)
     assert got["Item"]["n"] == {"N": "2"}
+    # A single-item request goes by its key to the leader, which validates the rest of it:
+    # every node answers a bad one as the leader does.
+    key = {"pk": {"S": "from-1"}, "sk": {"N": "0"}}
+    bad = [("put_item", {"Item": dict(item("from-1", 0), tags={"SS": []})}),
+           ("put_item", {"Item": item("from-1", 0), "ConditionExpression": "attribute_exists(#n)"}),
+           ("update_item", {"Key": key, "UpdateExpression": "SET n = n +"}),
+           ("update_item", {"Key": key, "UpdateExpression": "SET n = :v",
+                            "ExpressionAttributeValues": {":w": {"N": "1"}}}),
+           ("delete_item", {"Key": {"pk": {"S": "from-1"}, "sk": {"S": "0"}}}),
+           ("get_item", {"Key": dict(key, extra={"S": "x"}), "ConsistentRead": True})]
+    for call, args in bad:
+        answers = set()
+        for client in clients.values():
+            with pytest.raises(client.exceptions.ClientError) as raised:
+                getattr(client, call)(TableName="orders", **args)
+            answers.add((raised.value.response["Error"]["Code"], raised.value.response["Error"]["Message"]))
+        assert len(answers) == 1 and answers.pop()[0] == "ValidationException", (call, args, answers)
     # A batch over two tables is split by table and each part goes to its own leader.
     create_table(clients[2], "returns")
     clients[3].batch_write_item(RequestItems={

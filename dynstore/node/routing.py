@@ -20,7 +20,9 @@ decides where the request runs and runs the operation there, unchanged:
   and the request goes to that group's leader, where it runs again after ``read_barrier``.
   So a request always runs against the partition that holds its key now, even across a
   split; a write refused because its group split while it was in flight (StaleRange, not
-  applied) is routed again from the start.
+  applied) is routed again from the start. A single-item request (GetItem, PutItem,
+  UpdateItem, DeleteItem) whose key is well formed is not run here first: its key names
+  the group, and the request goes to that group's leader at once, which validates it.
 * BatchWriteItem, and BatchGetItem with ConsistentRead, are validated here, then split by
   the partition of each key; each part runs at its partition's leader and the answers are
   merged (unprocessed items and keys joined, consumed capacity summed per table).
@@ -106,6 +108,7 @@ from dynstore.api.errors import (DynamoDBError, InternalServerError, Provisioned
                                  ServiceUnavailable)
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
+from dynstore.api.operations.schema import table as find_table
 from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
                              FORWARD_HOPS_MAX, FORWARD_MOVED_GRACE_S, FORWARD_POLL_S, FORWARD_WAIT_S)
 from dynstore.node.links import ROUTER, NodeLinks
@@ -125,6 +128,7 @@ _CATALOG_READS = frozenset({"DescribeTable", "DescribeTimeToLive", "ListTagsOfRe
 _READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem"})
 _ANYWHERE = frozenset({"DescribeLimits", "DescribeEndpoints"})
 _BATCHES = frozenset({"BatchGetItem", "BatchWriteItem"})
+_SINGLE_ITEM = frozenset({"GetItem", "PutItem", "UpdateItem", "DeleteItem"})
 # Requests that change nothing: one whose forwarded call was cut off (its leader stepped down)
 # is sent again to the next leader instead of answering that it may or may not have run.
 _RETRIED = _READS | _CATALOG_READS | frozenset({"ListTables", "ReadIndex"})
@@ -292,7 +296,23 @@ class Routing:
             return await self._batch_write(request, descs[0], hops)
         if strong and op in ("Scan", "BatchGetItem"):
             return await self._vouched(op, request, descs[0], hops)
+        if strong and op in _SINGLE_ITEM:
+            group = self._group_of_key(op, request, descs[0])
+            if group is not None and not group.serves_strong():
+                # Led elsewhere: straight to its leader, which runs (and validates) all of it.
+                return await self._at_leader(group, op, request, hops)
         return await self._here(op, request, hops, strong=strong)
+
+    def _group_of_key(self, op: str, request: dict, desc: dict):
+        """This node's replica of the group of a single-item request's key; None when the key
+        is not well formed (running the operation says how) or the table is not placed here."""
+        try:
+            table = find_table(self.state, desc["TableName"])
+            source = request["Item"] if op == "PutItem" else request["Key"]
+            key = table.schema.validate_key({name: source[name] for name in table.schema.names})
+            return self.router.group_for(desc, table.storage_key(key))
+        except (DynamoDBError, StaleRange, KeyError, TypeError):
+            return None
 
     def _groups(self, descs: list[dict]) -> list:
         """This node's replicas of the metadata group and of the tables' partitions."""
