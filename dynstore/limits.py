@@ -465,10 +465,11 @@ FORWARD_FRAME_BYTES_MAX = 6 * BATCH_GET_RESPONSE_BYTES_MAX + HTTP_BODY_BYTES_MAX
 # A node that got an answer from another node's leader serves its next local reads (eventually
 # consistent reads, DescribeTable) only once its own replica applied what that leader had, so a
 # client reads its writes through the node it wrote through. A follower learns each commit within
-# a heartbeat (at once from a leader that answered the node: node/routing.py ``_announce``); five
-# heartbeats cover a busy loop, and a replica still behind after that is cut off from its leader
-# and answers from what it has, as an eventually consistent read may.
+# a heartbeat; five of them cover a busy loop, and a replica still behind after that is cut off
+# from its leader and answers from what it has, as an eventually consistent read may.
 CATCH_UP_WAIT_S = 5 * HEARTBEAT_INTERVAL_S
+# Between looks at the replica while it catches up: small against the heartbeat it waits for.
+CATCH_UP_POLL_S = HEARTBEAT_INTERVAL_S / 20
 
 assert FORWARD_FRAME_BYTES_MAX >= HTTP_BODY_BYTES_MAX + BATCH_GET_RESPONSE_BYTES_MAX
-assert 0 < CATCH_UP_WAIT_S < ELECTION_TIMEOUT_S
+assert CATCH_UP_POLL_S < CATCH_UP_WAIT_S < ELECTION_TIMEOUT_S

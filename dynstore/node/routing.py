@@ -38,14 +38,13 @@ for the metadata group and the groups of the tables it names, the slot the sendi
 applied (or had heard of from another node). A node looks up its catalog only after its
 metadata replica applied what it heard of, and serves an operation from its own replicas
 (an eventually consistent read, a catalog read) only after the table's replicas did too,
-waiting at most CATCH_UP_WAIT_S (a follower learns commits within a heartbeat, and at once
-from a leader that answered this node: it sends its commit to the asking node's replica with
-the answer, ``_announce``; one cut off from its leader answers from what it has; a leader
-has applied all of it already). So a table created, updated or deleted through a node is
-seen so by it at once, an eventually consistent read reflects every write acknowledged
-through the same node, and so do the counts DescribeTable and DeleteTable report. For a
-table placed elsewhere this node keeps the slots the answers reported, and sends them along
-with the table's next requests.
+waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
+heartbeat; one cut off from its leader answers from what it has; a leader has applied all
+of it already). So a table created, updated or deleted through a node is seen so by it at
+once, an eventually consistent read reflects every write acknowledged through the same
+node, and so do the counts DescribeTable and DeleteTable report. For a table placed
+elsewhere this node keeps the slots the answers reported, and sends them along with the
+table's next requests.
 
 A request for a group led elsewhere is forwarded to the leader's node over the forward
 port, following the replica's leader hint; with no leader known (an election) it waits
@@ -110,7 +109,7 @@ from dynstore.api.errors import (DynamoDBError, InternalServerError, Provisioned
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
 from dynstore.api.operations.schema import table as find_table
-from dynstore.limits import (CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
+from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
                              FORWARD_HOPS_MAX, FORWARD_MOVED_GRACE_S, FORWARD_POLL_S, FORWARD_WAIT_S)
 from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
@@ -324,12 +323,8 @@ class Routing:
         CATCH_UP_WAIT_S passed."""
         deadline = time.monotonic() + CATCH_UP_WAIT_S
         for group in groups:
-            heard = self._heard.get(group.group, 0)
-            if group.replica.applied < heard and time.monotonic() < deadline:
-                try:
-                    await asyncio.wait_for(group.replica.wait_applied(heard), deadline - time.monotonic())
-                except (asyncio.TimeoutError, NotLeader):
-                    pass  # cut off from its leader: it answers from what it has
+            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
+                await asyncio.sleep(CATCH_UP_POLL_S)
             if group.replica.applied >= self._heard.get(group.group, 0):
                 self._heard.pop(group.group, None)  # the replica's own figure says as much now
 
@@ -662,10 +657,9 @@ class Routing:
             return
         # Requests already taken run to the end when the forwarding node goes away: cancelling a
         # write between its proposal and its answer would gain nothing and hide its outcome.
-        await serve_frames(reader, writer, lambda frame, w: self._answer(frame, w, node), cancel_on_close=False,
-                           bytes_max=FORWARD_FRAME_BYTES_MAX)
+        await serve_frames(reader, writer, self._answer, cancel_on_close=False, bytes_max=FORWARD_FRAME_BYTES_MAX)
 
-    async def _answer(self, frame: dict, writer: asyncio.StreamWriter, node: int) -> None:
+    async def _answer(self, frame: dict, writer: asyncio.StreamWriter) -> None:
         self._hear(frame.get("applied", {}))
         try:
             answer = {"ok": True, "result": await self.route(frame["op"], frame["request"], frame["hops"])}
@@ -677,20 +671,8 @@ class Routing:
             answer = {"ok": False, "status": error.status, "body": error.body()}
         answer["id"] = frame["id"]
         answer["applied"] = self._applied(frame["op"], frame["request"])
-        self._announce(node, frame.get("applied", {}), answer["applied"])
         if not writer.is_closing():
             write_frame(writer, answer)
-
-    def _announce(self, node: int, theirs: dict[str, int], ours: dict[str, int]) -> None:
-        """The asking node's next local reads wait until its replicas applied what this answer
-        reports (``_catch_up``); a follower learns a commit with the next heartbeat, up to
-        HEARTBEAT_INTERVAL_S later. So each group led here that the node's replica lags behind
-        sends it the commit now."""
-        for group_id, slot in ours.items():
-            if slot > theirs.get(group_id, 0):
-                group = self.router.groups.get(int(group_id))
-                if group is not None and group.is_leader():
-                    group.replica.announce(node)
 
     async def close(self) -> None:
         if self._server is not None:

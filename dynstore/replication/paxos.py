@@ -415,15 +415,6 @@ class Paxos:
             self._send(Abdicate(self.group, self.id, peer, ballot, to))
         return True
 
-    def announce(self, peer: int, now: float) -> None:
-        """At the leader, send member ``peer`` the commit now (an Accept, as a heartbeat is)
-        rather than with the next heartbeat: the shell knows of a reader there that waits for
-        it. Nothing elsewhere, or for a replica that is not a member."""
-        self._last_now = now
-        if self.role == LEADER and peer in self._peers():
-            self._progress_of(peer)
-            self._send_append(peer)
-
     def read(self, now: float) -> int:
         """Slot a strongly consistent read must see applied before it is served."""
         if not self.lease_valid(now):

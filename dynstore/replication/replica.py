@@ -263,7 +263,6 @@ class Replica:
         self._proposed = False  # proposed since it last stepped down: its waiters are to orphan (_flush)
         self.handing_over = False  # a hand-over of the lead is under way: no new proposals (transfer)
         self._reads: list[tuple[int, asyncio.Future]] = []  # (slot to apply first, future)
-        self._announcing: set[int] = set()  # peers to send the commit to at the next flush (``announce``)
         self._snap_in: dict = {}  # the snapshot stream being received: chunks by seq
         self._shipping: set[int] = set()  # peers a snapshot is being streamed to
         self._tasks = Tasks(f"replica {replica_id}", on_fatal)
@@ -397,22 +396,8 @@ class Replica:
         its group's leader vouched for). NotLeader if the replica gives up its waiters."""
         if self.applied < index:
             future = asyncio.get_running_loop().create_future()
-            waiter = (index, future)
-            self._reads.append(waiter)
-            try:
-                await future
-            except asyncio.CancelledError:
-                # A caller that stopped waiting (a timeout) leaves nothing behind: a replica cut
-                # off from its group would otherwise gather one waiter per such read.
-                if waiter in self._reads:
-                    self._reads.remove(waiter)
-                raise
-
-    def announce(self, peer: int) -> None:
-        """At the leader, send member ``peer`` the commit with the next flush (core
-        ``announce``): once however many answers in this turn of the loop asked for it."""
-        self._announcing.add(peer)
-        self._schedule_flush()
+            self._reads.append((index, future))
+            await future
 
     # --- the Ready pipeline -------------------------------------------------------------------
 
@@ -423,10 +408,6 @@ class Replica:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._announcing:
-            peers, self._announcing = self._announcing, set()
-            for peer in peers:
-                self.core.announce(peer, self.clock())
         rd = self.core.ready()
         self._arm_tick()  # a step or a proposal may have moved the core's next deadline earlier
         if self._proposed and self.core.role != LEADER:

@@ -89,7 +89,6 @@ class Faults:
     bitflip: float = 0.0003
     swap: float = 0.0005  # the operator starts replacing a storage replica by a log replica and back
     transfer: float = 0.005  # the operator asks the leader to hand the lead to another storage replica
-    announce: float = 0.01  # a leader sends its commit to one replica out of turn (any id, a member or not)
     # Per leader write whose Accepts went out first: the disk stalls on it, the leader crashes
     # before it completes and loses it, and the peer holding most of the log is cut off for a
     # while, so the next majority may be the restarted leader and a peer lacking those entries.
@@ -385,7 +384,7 @@ class Sim:
         self.seq = 0
         self.stats = {k: 0 for k in ("messages", "dropped", "duplicated", "corrupted_frames", "crashes",
                                      "disk_corruptions_detected", "partitions", "elections", "swaps",
-                                     "transfers", "snapshots_installed", "leader_unsynced_crashes", "announces")}
+                                     "transfers", "snapshots_installed", "leader_unsynced_crashes")}
         self.chosen: dict[int, tuple] = {}  # slot -> (kind, data) of every slot seen committed
         self.history: list[Op] = []
         self.eventual: list[tuple[str, str | None]] = []
@@ -631,8 +630,6 @@ class Sim:
             self.start_swap()
         elif r < (f.crash + f.partition + f.bitflip + f.swap + f.transfer):
             self.transfer()
-        elif r < (f.crash + f.partition + f.bitflip + f.swap + f.transfer + f.announce):
-            self.announce()
 
     def transfer(self) -> None:
         """Ask a leader to hand the lead to a storage peer (done only once that one holds the whole
@@ -645,16 +642,6 @@ class Sim:
             return
         if leader.core.transfer(self.rng.choice(peers), leader.local(self.now)):
             self.stats["transfers"] += 1
-        leader.flush()
-
-    def announce(self) -> None:
-        """A leader sends its commit to a replica now, as the request router asks it to for a
-        node that waits to read what the leader answered it."""
-        leader = next((n for n in self.nodes.values() if n.alive and n.core.role == LEADER), None)
-        if leader is None:
-            return
-        leader.core.announce(self.rng.choice(list(self.nodes)), leader.local(self.now))
-        self.stats["announces"] += 1
         leader.flush()
 
     def crash_unsynced(self, node: Node) -> None:
