@@ -72,10 +72,7 @@ class NodeLinks:
         client = await self.client(node)
         if client is None:
             return None
-        try:
-            answer = client.send(op, request=request, hops=hops, **fields)
-        except ConnectionError:
-            return None  # closed since: nothing was sent
+        answer = client.send(op, request=request, hops=hops, **fields)  # open: ``client`` just checked
         # One timer watches the wait, rather than a task and a wait per call: most answers
         # come long before the first look.
         loop = asyncio.get_running_loop()
