@@ -175,6 +175,25 @@ def test_membership_changes_one_at_a_time_through_the_log():
     assert all(c.members == ((0, STORAGE), (1, STORAGE), (2, LOG)) for c in w.cores.values())
 
 
+def test_a_leader_that_removes_itself_takes_no_more_commands():
+    w = _elected()
+    old = _leader(w)
+    other = 1 - old
+    core = w.cores[old]
+    before = core.propose(b"before", float(w.clock))
+    change = core.propose_members(((other, STORAGE), (2, LOG)), float(w.clock))
+    # A command after the change could commit once this replica has left the group, with no
+    # one to tell it: it is refused, as at a replica that does not lead.
+    with pytest.raises(NotLeader) as exc:
+        core.propose(b"after", float(w.clock))
+    assert exc.value.leader is None
+    collect(w, old)
+    settle(w, w.clock + 6)
+    assert core.commit >= change > before and core.role != LEADER
+    assert w.cores[other].role == LEADER and w.cores[other].members == ((other, STORAGE), (2, LOG))
+    assert core.store.entry(before).data == b"before"
+
+
 def _deliver_all(w):
     """Deliver every message in flight, and what they cause, with the clock standing still."""
     while w.net:

@@ -80,10 +80,11 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   latest membership a replica holds), proposed only after the leader committed in its
   own ballot. Majorities of two memberships one change apart always intersect, so a
   candidate with an older membership still meets a replica that holds the newer one
-  and learns it in phase 1. A leader that removed itself steps down once the change
-  commits; one that lost its lead before that may campaign again until it commits (it
-  may hold entries the others lack and a peer compacted). Log replicas vote and count in
-  quorums but never campaign. Every replica, also one added later, starts from the
+  and learns it in phase 1. A leader that removed itself proposes no command after the
+  change (NotLeader: it could not answer one that commits after it has left) and steps
+  down once it commits; one that lost its lead before that may campaign again until it
+  commits (it may hold entries the others lack and a peer compacted). Log replicas vote
+  and count in quorums but never campaign. Every replica, also one added later, starts from the
   group's founding membership at slot 0 (Store.replay([SnapshotMeta(0, ZERO_BALLOT,
   founding)])), so all read the changes in the log alike; one that joins campaigns only
   once the change adding it reaches it.
@@ -378,6 +379,10 @@ class Paxos:
         at this slot and with this data (a new leader may fill the slot otherwise)."""
         self._last_now = now
         self._check_can_append()
+        if self._change_slot and _role(self.id, self._configs[-1][1]) != STORAGE:
+            # Our removal is in flight: we step down once it commits, and a command after it that
+            # had not committed by then would wait, unanswered, on a replica no one tells of it.
+            raise NotLeader(self.id, None)
         return self._append_new(COMMAND, data)
 
     def propose_members(self, members: Members, now: float) -> int:
