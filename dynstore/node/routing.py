@@ -40,7 +40,11 @@ metadata replica applied what it heard of, and serves an operation from its own 
 (an eventually consistent read, a catalog read) only after the table's replicas did too,
 waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
 heartbeat; one cut off from its leader answers from what it has; a leader has applied all
-of it already). So a table created, updated or deleted through a node is seen so by it at
+of it already). A leader's answer also says which of its entries it applied ("chosen": the
+slot and its ballot, for the groups it leads): a replica here holding that entry applies up to
+it at once (replica.py ``learn``), without waiting for the leader's next Accept, so the node
+reads what it wrote through another node's leader after that answer rather than a heartbeat
+later. So a table created, updated or deleted through a node is seen so by it at
 once, an eventually consistent read reflects every write acknowledged through the same
 node, and so do the counts DescribeTable and DeleteTable report. For a table placed
 elsewhere this node keeps the slots the answers reported, and sends them along with the
@@ -58,9 +62,10 @@ dynstore/replication/handshake.py (group FORWARD, the caller's node id, the clus
 secret), the frames of dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
 
     {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n, "applied": {"<group>": slot, ...}}
-      -> {"id", "ok": true, "result": {...}, "applied": {"<group>": slot, ...}}
+      -> {"id", "ok": true, "result": {...}, "applied": {"<group>": slot, ...},
+          "chosen": {"<group>": [slot, ballot round, ballot replica], ...}}
       |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...},
-          "applied": {...}}
+          "applied": {...}, "chosen": {...}}
 
 Frames are at most FORWARD_FRAME_BYTES_MAX: the largest request, or the largest answer.
 
@@ -109,7 +114,7 @@ from dynstore.api.errors import (DynamoDBError, InternalServerError, Provisioned
 from dynstore.api.operations import OPERATIONS
 from dynstore.api.operations.batch import check_batch, plan_writes
 from dynstore.api.operations.schema import table as find_table
-from dynstore.limits import (CATCH_UP_POLL_S, CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
+from dynstore.limits import (CATCH_UP_WAIT_S, CONTROL_CALL_TIMEOUT_S, FORWARD_FRAME_BYTES_MAX,
                              FORWARD_HOPS_MAX, FORWARD_MOVED_GRACE_S, FORWARD_POLL_S, FORWARD_WAIT_S)
 from dynstore.node.links import ROUTER, NodeLinks
 from dynstore.replication import handshake
@@ -323,8 +328,12 @@ class Routing:
         CATCH_UP_WAIT_S passed."""
         deadline = time.monotonic() + CATCH_UP_WAIT_S
         for group in groups:
-            while group.replica.applied < self._heard.get(group.group, 0) and time.monotonic() < deadline:
-                await asyncio.sleep(CATCH_UP_POLL_S)
+            heard = self._heard.get(group.group, 0)
+            if group.replica.applied < heard and time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(group.replica.wait_applied(heard), deadline - time.monotonic())
+                except (asyncio.TimeoutError, NotLeader):
+                    pass  # cut off from its leader: it answers from what it has
             if group.replica.applied >= self._heard.get(group.group, 0):
                 self._heard.pop(group.group, None)  # the replica's own figure says as much now
 
@@ -344,6 +353,25 @@ class Routing:
             if desc is not None:
                 applied.update(self._heard_elsewhere.get(desc["TableId"], {}))
         return applied
+
+    def _chosen(self, op: str, request: dict) -> dict[str, list[int]]:
+        """For the groups a request touches that are led here: the slot applied, with its
+        ballot if the entry there is of this leader's ballot (the only ones ``learn`` uses)."""
+        if op in self._control or op in self._node_control:
+            return {}
+        chosen = {}
+        for group in self._known_groups(op, request):
+            entry = group.replica.chosen()
+            if entry is not None:
+                chosen[str(group.group)] = [entry[0], *entry[1]]
+        return chosen
+
+    def _learn(self, chosen: dict[str, list[int]]) -> None:
+        groups = self.router.groups
+        for group, (slot, *ballot) in chosen.items():
+            here = groups.get(int(group))
+            if here is not None and here.replica.applied < slot:
+                here.replica.learn(slot, tuple(ballot))
 
     def _hear(self, applied: dict[str, int]) -> None:
         groups = self.router.groups
@@ -622,6 +650,7 @@ class Routing:
                                        applied=self._applied(op, request))
         if answer is None:
             return None
+        self._learn(answer.get("chosen", {}))
         self._hear(answer.get("applied", {}))
         return answer_of(answer)
 
@@ -671,6 +700,7 @@ class Routing:
             answer = {"ok": False, "status": error.status, "body": error.body()}
         answer["id"] = frame["id"]
         answer["applied"] = self._applied(frame["op"], frame["request"])
+        answer["chosen"] = self._chosen(frame["op"], frame["request"])
         if not writer.is_closing():
             write_frame(writer, answer)
 

@@ -88,6 +88,9 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   group's founding membership at slot 0 (Store.replay([SnapshotMeta(0, ZERO_BALLOT,
   founding)])), so all read the changes in the log alike; one that joins campaigns only
   once the change adding it reaches it.
+- Learning a commit: a follower commits up to a slot the leader told of outside the group's
+  messages (``learn``: the request router passes it on from the leader's answer) only if it
+  holds that very entry, the same slot in the same ballot, and still follows that ballot.
 - Catch-up: every heartbeat is an Accept from the peer's next slot; a peer that lost
   some refuses it (a gap before it) and names what it has, and the leader resends from
   there. If those entries are compacted away, the leader asks the shell to ship its
@@ -307,6 +310,7 @@ class Paxos:
         self._start_slot = 0  # the no-op that opened our ballot
         self._durable = 0  # the last slot of our log known durable here, while leading
         self._change_slot = 0  # an uncommitted membership entry, or 0
+        self._learned: tuple[int, Ballot] | None = None  # (slot, ballot) heard chosen, not held yet (learn)
         self._next_heartbeat = _NEVER
         self._unsent = False  # entries appended since the last broadcast
 
@@ -419,6 +423,31 @@ class Paxos:
         for peer in self._peers():
             self._send(Abdicate(self.group, self.id, peer, ballot, to))
         return True
+
+    def learn(self, slot: int, ballot: Ballot) -> bool:
+        """At a follower: the entry at ``slot`` of the leader of ``ballot``, in that ballot, is
+        chosen, as heard outside the group's messages (the leader's answer to a request this
+        node forwarded it). If this replica holds that entry it commits up to it, now or as
+        the Accept bringing it arrives, rather than with the leader's next Accept: a ballot's
+        leader proposes one value per slot, and a replica takes an entry only with the ones
+        before it as that leader had them (the Accept's previous slot and ballot), so its log
+        up to there is the leader's. True if the commit moved."""
+        if self.role != FOLLOWER or slot <= self.store.commit:
+            return False
+        if self._learned is None or slot > self._learned[0]:
+            self._learned = (slot, ballot)
+        return self._commit_learned()
+
+    def _commit_learned(self) -> bool:
+        slot, ballot = self._learned
+        store = self.store
+        if slot <= store.commit:
+            self._learned = None
+        elif slot <= store.last_slot and store.ballot_at(slot) == ballot == store.promised:
+            store.commit = slot
+            self._learned = None
+            return True
+        return False
 
     def read(self, now: float) -> int:
         """Slot a strongly consistent read must see applied before it is served."""
@@ -542,6 +571,8 @@ class Paxos:
         match = m.prev_slot + len(m.entries)
         if min(m.commit, match) > store.commit:
             store.commit = min(m.commit, match)
+        if self._learned is not None:
+            self._commit_learned()
         self._send(Accepted(self.group, self.id, m.src, m.ballot, m.ballot, True, match, m.ts))
 
     def _on_abdicate(self, m: Abdicate, now: float) -> None:

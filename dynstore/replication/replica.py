@@ -78,8 +78,8 @@ from dynstore.limits import (CHECKPOINT_ENTRIES, CHECKPOINT_WRITE_AHEAD_FROM, CH
                              LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT)
 from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import LOG as LOG_ROLE
-from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Entries, HardState, SnapshotChunk, SnapshotMeta,
-                                           decode, encode, frame_length)
+from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Ballot, Entries, HardState, SnapshotChunk,
+                                           SnapshotMeta, decode, encode, frame_length)
 from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
 from dynstore.replication.tasks import Tasks
 from dynstore.storage.btree import BTree
@@ -396,8 +396,31 @@ class Replica:
         its group's leader vouched for). NotLeader if the replica gives up its waiters."""
         if self.applied < index:
             future = asyncio.get_running_loop().create_future()
-            self._reads.append((index, future))
-            await future
+            waiter = (index, future)
+            self._reads.append(waiter)
+            try:
+                await future
+            except asyncio.CancelledError:
+                # A caller that stopped waiting (a timeout) leaves nothing behind: a replica cut
+                # off from its group would otherwise gather one waiter per such read.
+                if waiter in self._reads:
+                    self._reads.remove(waiter)
+                raise
+
+    def chosen(self) -> tuple[int, Ballot] | None:
+        """At a leader: the slot it applied last and its ballot, if the entry there is of its own
+        ballot (what ``learn`` takes at a follower); None elsewhere."""
+        core, slot = self.core, self.applied
+        if core.role == LEADER and slot > core.store.snap.index and core.store.ballot_at(slot) == core.ballot:
+            return slot, core.ballot
+        return None
+
+    def learn(self, slot: int, ballot: tuple[int, int]) -> None:
+        """The leader of ``ballot`` has its entry at ``slot`` chosen, as its answer to this node
+        said: apply up to there as soon as this replica holds it (core ``learn``), rather than
+        once the leader's next Accept tells."""
+        if self.core.learn(slot, Ballot(*ballot)):
+            self._schedule_flush()
 
     # --- the Ready pipeline -------------------------------------------------------------------
 

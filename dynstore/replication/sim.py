@@ -89,6 +89,9 @@ class Faults:
     bitflip: float = 0.0003
     swap: float = 0.0005  # the operator starts replacing a storage replica by a log replica and back
     transfer: float = 0.005  # the operator asks the leader to hand the lead to another storage replica
+    # A leader's answer tells a replica which of its entries is chosen (the request router's
+    # "chosen"), at once or long after, to any replica, a member or not.
+    learn: float = 0.01
     # Per leader write whose Accepts went out first: the disk stalls on it, the leader crashes
     # before it completes and loses it, and the peer holding most of the log is cut off for a
     # while, so the next majority may be the restarted leader and a peer lacking those entries.
@@ -384,7 +387,8 @@ class Sim:
         self.seq = 0
         self.stats = {k: 0 for k in ("messages", "dropped", "duplicated", "corrupted_frames", "crashes",
                                      "disk_corruptions_detected", "partitions", "elections", "swaps",
-                                     "transfers", "snapshots_installed", "leader_unsynced_crashes")}
+                                     "transfers", "snapshots_installed", "leader_unsynced_crashes", "learned")}
+        self.answers: list[tuple[int, tuple]] = []  # (slot, ballot) a leader has told of, for ``learn``
         self.chosen: dict[int, tuple] = {}  # slot -> (kind, data) of every slot seen committed
         self.history: list[Op] = []
         self.eventual: list[tuple[str, str | None]] = []
@@ -630,6 +634,8 @@ class Sim:
             self.start_swap()
         elif r < (f.crash + f.partition + f.bitflip + f.swap + f.transfer):
             self.transfer()
+        elif r < (f.crash + f.partition + f.bitflip + f.swap + f.transfer + f.learn):
+            self.learn()
 
     def transfer(self) -> None:
         """Ask a leader to hand the lead to a storage peer (done only once that one holds the whole
@@ -643,6 +649,23 @@ class Sim:
         if leader.core.transfer(self.rng.choice(peers), leader.local(self.now)):
             self.stats["transfers"] += 1
         leader.flush()
+
+    def learn(self) -> None:
+        """A leader tells of its last chosen entry of its own ballot, as its answers to other
+        nodes do, and a replica hears of one such, this one or an older one."""
+        rng = self.rng
+        leader = next((n for n in self.nodes.values() if n.alive and n.core.role == LEADER), None)
+        if leader is not None:
+            store = leader.core.store
+            if store.commit > store.snap.index and store.ballot_at(store.commit) == leader.core.ballot:
+                self.answers.append((store.commit, leader.core.ballot))
+        alive = [n for n in self.nodes.values() if n.alive]
+        if self.answers and alive:
+            node = rng.choice(alive)
+            slot, ballot = rng.choice(self.answers[-20:])
+            if node.core.learn(slot, ballot):
+                self.stats["learned"] += 1
+            node.flush()
 
     def crash_unsynced(self, node: Node) -> None:
         """Crash a node, losing every frame not yet synced, and cut off the peer holding the
