@@ -30,11 +30,13 @@ def test_a_seed_replays_exactly():
 def test_clocks_drifting_past_the_bound_break_leases_and_the_check_sees_it():
     # The lease is sized for timing.drift_max; clocks 35 times worse let an old leader's lease
     # outlive the followers' windows, and the per-step lease check must say so. Leaders crashing
-    # in their write, or handing over, would cut short the overlaps looked for, so those are off.
+    # in their write, or handing over, would cut short the overlaps looked for, so those are off;
+    # so is learning of commits, which has no part in leases, so that these seeds play as found.
     failures = []
     for seed in range(40, 100):  # the overlap is rare: seeds 56 and 77 of these find it
         try:
-            sim.Sim(seed, 3000, drift=0.7, faults=sim.Faults(partition=0.01, leader_unsynced=0.0, transfer=0.0)).run()
+            faults = sim.Faults(partition=0.01, leader_unsynced=0.0, transfer=0.0, learn=0.0)
+            sim.Sim(seed, 3000, drift=0.7, faults=faults).run()
         except sim.Failure as exc:
             failures.append(str(exc))
     assert any("hold a valid lease at once" in f for f in failures), failures
@@ -66,6 +68,7 @@ def test_a_leader_counting_its_unsynced_entries_loses_writes_and_the_check_sees_
 def test_seeds_that_found_bugs_keep_passing():
     # 1168: a leader removing itself during a swap lost its lead with the removal uncommitted,
     # after compacting an entry the remaining members held but did not know was committed; no
-    # one could lead until a replica whose removal is uncommitted was let campaign again.
+    # one could lead until a replica whose removal is uncommitted was let campaign again. Each
+    # plays with the faults of its time (learning of commits came later).
     for seed in (1168,):
-        sim.run_seed(seed, 3000)
+        sim.Sim(seed, 3000, log_replicas=seed % 2, faults=sim.Faults(learn=0.0)).run()
