@@ -38,14 +38,14 @@ for the metadata group and the groups of the tables it names, the slot the sendi
 applied (or had heard of from another node). A node looks up its catalog only after its
 metadata replica applied what it heard of, and serves an operation from its own replicas
 (an eventually consistent read, a catalog read) only after the table's replicas did too,
-waiting at most CATCH_UP_WAIT_S (a follower learns commits within a
-heartbeat; one cut off from its leader answers from what it has; a leader has applied all
-of it already). A leader's answer also says which of its entries it applied ("chosen": the
-slot and its ballot, for the groups it leads): a replica here holding that entry applies up to
-it at once (replica.py ``learn``), without waiting for the leader's next Accept, so the node
-reads what it wrote through another node's leader after that answer rather than a heartbeat
-later. So a table created, updated or deleted through a node is seen so by it at
-once, an eventually consistent read reflects every write acknowledged through the same
+waiting at most CATCH_UP_WAIT_S (a follower learns commits within a heartbeat; one cut off
+from its leader answers from what it has; a leader has applied all of it already). A request
+forwarded to a group's leader names the group, and the leader's answer says which of the
+group's entries it applied ("chosen": the slot and its ballot): a replica here holding that
+entry applies up to it at once (replica.py ``learn``), without waiting for the leader's next
+Accept, so the node reads what it wrote through another node's leader after that answer
+rather than a heartbeat later. So a table created, updated or deleted through a node is seen
+so by it at once, an eventually consistent read reflects every write acknowledged through the same
 node, and so do the counts DescribeTable and DeleteTable report. For a table placed
 elsewhere this node keeps the slots the answers reported, and sends them along with the
 table's next requests.
@@ -61,11 +61,12 @@ Forward protocol (node to node, on each node's forward port): after the opening 
 dynstore/replication/handshake.py (group FORWARD, the caller's node id, the cluster's
 secret), the frames of dynstore/replication/group_process.py (``u32 length | JSON``, pipelined, matched by id)::
 
-    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n, "applied": {"<group>": slot, ...}}
+    {"id", "op": "<DynamoDB operation>", "request": {...}, "hops": n, "applied": {"<group>": slot, ...},
+     "group": the group whose leader it is sent to (when it is)}
       -> {"id", "ok": true, "result": {...}, "applied": {"<group>": slot, ...},
-          "chosen": {"<group>": [slot, ballot round, ballot replica], ...}}
+          "chosen": [slot, ballot round, ballot replica] of that group, or null}
       |  {"id", "ok": false, "status": 400, "body": {"__type": "...#Name", "message": ...},
-          "applied": {...}, "chosen": {...}}
+          "applied": {...}, "chosen": ...}
 
 Frames are at most FORWARD_FRAME_BYTES_MAX: the largest request, or the largest answer.
 
@@ -354,24 +355,12 @@ class Routing:
                 applied.update(self._heard_elsewhere.get(desc["TableId"], {}))
         return applied
 
-    def _chosen(self, op: str, request: dict) -> dict[str, list[int]]:
-        """For the groups a request touches that are led here: the slot applied, with its
-        ballot if the entry there is of this leader's ballot (the only ones ``learn`` uses)."""
-        if op in self._control or op in self._node_control:
-            return {}
-        chosen = {}
-        for group in self._known_groups(op, request):
-            entry = group.replica.chosen()
-            if entry is not None:
-                chosen[str(group.group)] = [entry[0], *entry[1]]
-        return chosen
-
-    def _learn(self, chosen: dict[str, list[int]]) -> None:
-        groups = self.router.groups
-        for group, (slot, *ballot) in chosen.items():
-            here = groups.get(int(group))
-            if here is not None and here.replica.applied < slot:
-                here.replica.learn(slot, tuple(ballot))
+    def _chosen(self, group_id: int | None) -> list[int] | None:
+        """If group ``group_id`` is led here: the slot applied, with its ballot, when the entry
+        there is of this leader's ballot (replica.py ``chosen``, what ``learn`` takes)."""
+        group = self.router.meta if group_id == META_GROUP else self.router.groups.get(group_id)
+        entry = None if group is None else group.replica.chosen()
+        return None if entry is None else [entry[0], *entry[1]]
 
     def _hear(self, applied: dict[str, int]) -> None:
         groups = self.router.groups
@@ -647,10 +636,12 @@ class Routing:
             return f"node {node} stopped leading while it held the request"
         self.forwarded += 1
         answer = await self.links.call(node, op, request, hops, give_up=moved,
-                                       applied=self._applied(op, request))
+                                       applied=self._applied(op, request), group=group.group)
         if answer is None:
             return None
-        self._learn(answer.get("chosen", {}))
+        chosen = answer.get("chosen")
+        if chosen is not None and group.replica.applied < chosen[0]:
+            group.replica.learn(chosen[0], tuple(chosen[1:]))
         self._hear(answer.get("applied", {}))
         return answer_of(answer)
 
@@ -700,7 +691,7 @@ class Routing:
             answer = {"ok": False, "status": error.status, "body": error.body()}
         answer["id"] = frame["id"]
         answer["applied"] = self._applied(frame["op"], frame["request"])
-        answer["chosen"] = self._chosen(frame["op"], frame["request"])
+        answer["chosen"] = self._chosen(frame.get("group"))
         if not writer.is_closing():
             write_frame(writer, answer)
 

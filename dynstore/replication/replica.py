@@ -418,8 +418,8 @@ class Replica:
     def learn(self, slot: int, ballot: tuple[int, int]) -> None:
         """The leader of ``ballot`` has its entry at ``slot`` chosen, as its answer to this node
         said: apply up to there as soon as this replica holds it (core ``learn``), rather than
-        once the leader's next Accept tells."""
-        if self.core.learn(slot, Ballot(*ballot)):
+        once the leader's next Accept tells. Nothing on a replica closed or joining meanwhile."""
+        if not (self._closing or self.joining) and self.core.learn(slot, Ballot(*ballot)):
             self._schedule_flush()
 
     # --- the Ready pipeline -------------------------------------------------------------------
