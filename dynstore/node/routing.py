@@ -640,7 +640,7 @@ class Routing:
         if answer is None:
             return None
         chosen = answer.get("chosen")
-        if chosen is not None and group.replica.applied < chosen[0]:
+        if chosen is not None:
             group.replica.learn(chosen[0], tuple(chosen[1:]))
         self._hear(answer.get("applied", {}))
         return answer_of(answer)

@@ -438,6 +438,14 @@ class Paxos:
             self._learned = (slot, ballot)
         return self._commit_learned()
 
+    def chosen(self, slot: int) -> Ballot | None:
+        """At a leader: its ballot, if its entry at ``slot`` is of that ballot and committed (what
+        ``learn`` takes at a follower); None otherwise."""
+        store = self.store
+        if self.role == LEADER and store.snap.index < slot <= store.commit and store.ballot_at(slot) == self.ballot:
+            return self.ballot
+        return None
+
     def _commit_learned(self) -> bool:
         slot, ballot = self._learned
         store = self.store

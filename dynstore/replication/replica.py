@@ -410,10 +410,8 @@ class Replica:
     def chosen(self) -> tuple[int, Ballot] | None:
         """At a leader: the slot it applied last and its ballot, if the entry there is of its own
         ballot (what ``learn`` takes at a follower); None elsewhere."""
-        core, slot = self.core, self.applied
-        if core.role == LEADER and slot > core.store.snap.index and core.store.ballot_at(slot) == core.ballot:
-            return slot, core.ballot
-        return None
+        ballot = self.core.chosen(self.applied)
+        return None if ballot is None else (self.applied, ballot)
 
     def learn(self, slot: int, ballot: tuple[int, int]) -> None:
         """The leader of ``ballot`` has its entry at ``slot`` chosen, as its answer to this node

@@ -656,9 +656,9 @@ class Sim:
         rng = self.rng
         leader = next((n for n in self.nodes.values() if n.alive and n.core.role == LEADER), None)
         if leader is not None:
-            store = leader.core.store
-            if store.commit > store.snap.index and store.ballot_at(store.commit) == leader.core.ballot:
-                self.answers.append((store.commit, leader.core.ballot))
+            ballot = leader.core.chosen(leader.core.commit)
+            if ballot is not None:
+                self.answers.append((leader.core.commit, ballot))
         alive = [n for n in self.nodes.values() if n.alive]
         if self.answers and alive:
             node = rng.choice(alive)
