@@ -256,6 +256,11 @@ assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 # a deadline the shell missed costs one heartbeat's delay, while an idle replica wakes ten times
 # a second (a node holds many replicas; a fixed fast beat was most of an idle node's work).
 TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S
+# Ticks fall on a grid of this step (replica.py _Ticks), so the replicas of a process wake
+# together: one turn of the loop sends every group's heartbeat and their answers come back
+# together, where a wake-up per replica and beat was most of an idle node's work. A deadline is
+# kept at most this much late: half a heartbeat, a twentieth of an election timeout.
+TICK_QUANTUM_S = HEARTBEAT_INTERVAL_S / 2
 # A lost link is redialled after a backoff doubling from the minimum to the maximum: the minimum
 # finds a restarted peer within a heartbeat or two, the maximum keeps a dead peer to one dial per
 # quarter of an election timeout.
@@ -288,7 +293,7 @@ CLIENT_FRAME_BYTES_MAX = 4 * 1024 * 1024
 TASK_CANCEL_WAIT_S = 0.5
 TASK_CANCEL_ROUNDS_MAX = 10
 
-assert TICK_INTERVAL_S <= HEARTBEAT_INTERVAL_S
+assert TICK_QUANTUM_S < TICK_INTERVAL_S <= HEARTBEAT_INTERVAL_S
 assert RECONNECT_BACKOFF_MIN_S < RECONNECT_BACKOFF_MAX_S < ELECTION_TIMEOUT_S
 assert INFLIGHT_ENTRIES_MAX * 1024 < PEER_SEND_BUFFER_BYTES_MAX <= FRAME_BYTES_MAX
 

@@ -14,7 +14,7 @@ from dynstore.replication.explore import collect, initial, settle
 from dynstore.replication.messages import (LOG, MEMBERS, STORAGE, ZERO_BALLOT, Abdicate, Accept, Accepted, Ballot,
                                            Entries, Entry, HardState, PreVote, PreVoteReply, Prepare,
                                            Promise, SnapshotChunk, SnapshotMeta, decode, encode)
-from dynstore.replication.paxos import LEADER, Paxos, Store
+from dynstore.replication.paxos import LEADER, Paxos, Store, Timing
 
 E = (Entry(3, Ballot(2, 1), 1, b"cmd"), Entry(4, Ballot(2, 1), MEMBERS, bytes(4)))
 META = SnapshotMeta(7, Ballot(1, 0), ((0, STORAGE), (2, LOG)))
@@ -130,6 +130,35 @@ def test_new_leader_only_after_old_lease_ran_out():
                 assert w.clock >= lease_end
                 assert not w.cores[old].lease_valid(float(w.clock))
     assert w.cores[1 - old].role == LEADER
+
+
+def test_a_quiet_group_beats_slower_and_a_late_tick_keeps_the_beat():
+    w = settle(_elected(), 6)
+    leader = _leader(w)
+    core = w.cores[leader]
+    core.timing = Timing(election_timeout=2.0, heartbeat_interval=0.25)  # a quiet group beats every 0.5
+
+    def beats(start: float, ticks: int, answered: bool) -> list[float]:
+        """Tick every 0.1 (late for most beats, as a shell ticking on a grid is); when beats went out."""
+        sent = []
+        for k in range(1, ticks + 1):
+            now = start + k / 10
+            core.tick(now)
+            accepts = [m for m in core.ready().send_first if type(m) is Accept]
+            if accepts:
+                sent.append(round(now - start, 1))
+            for m in accepts if answered else ():
+                w.cores[m.dst].step(m, now)
+                for reply in w.cores[m.dst].ready().messages:
+                    core.step(reply, now)
+        return sent
+
+    start = float(w.clock)
+    assert core._quiet() and beats(start, 10, answered=True) == [0.5, 1.0]
+    core.propose(b"x", start + 1.0)  # sent at once; until it commits everywhere the group is not quiet
+    assert core.ready().send_first
+    # Due at 1.25, 1.5, 1.75, 2.0: counted from when each was due, not from the late tick.
+    assert beats(start + 1.0, 10, answered=False) == [0.3, 0.5, 0.8, 1.0]
 
 
 def test_an_isolated_replica_does_not_disturb_the_group():

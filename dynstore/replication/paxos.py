@@ -57,7 +57,8 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   promise when its log matches the leader's at prev_slot (same ballot there, or slot
   already committed); it overwrites entries of other ballots and never touches a
   committed slot. A slot commits once a majority of the membership in force holds it
-  in the leader's ballot; the commit index rides on later Accepts and heartbeats.
+  in the leader's ballot; the commit index rides on later Accepts and heartbeats. A quiet
+  group (all committed, held and told everywhere) beats at a quarter of the election timeout.
 - Lease: an acceptor that hears from the leader at local time t refuses every other
   ballot (promise and pre-vote) until t + election_timeout; after a restart it refuses
   for election_timeout, having forgotten whom it backed. The leader holds a lease
@@ -133,6 +134,13 @@ class Timing:
     def lease(self) -> float:
         # See limits.LEASE_S for the derivation.
         return self.election_timeout * (1 - self.drift_max) / (1 + self.drift_max)
+
+    @property
+    def quiet_heartbeat_interval(self) -> float:
+        """A leader's beat while its group is quiet (``Paxos._quiet``): four to an election
+        timeout keep the lease and the followers' patience with a beat or two to lose; a
+        node holds many idle groups, and each beat is two messages per peer."""
+        return max(self.heartbeat_interval, self.election_timeout / 4)
 
 
 class Store:
@@ -230,12 +238,13 @@ class Ready:
 
 class _Progress:
     """The leader's view of one peer."""
-    __slots__ = ("match", "next", "snapshot_at")
+    __slots__ = ("match", "next", "snapshot_at", "told")
 
     def __init__(self, next_slot: int):
         self.match = 0  # highest slot known to match the leader's log
         self.next = next_slot  # next slot to send
         self.snapshot_at = _NEVER  # when a snapshot was last asked for this peer
+        self.told = 0  # highest commit index sent to this peer
 
 
 def _ids(members: Members) -> tuple:
@@ -311,7 +320,7 @@ class Paxos:
         self._durable = 0  # the last slot of our log known durable here, while leading
         self._change_slot = 0  # an uncommitted membership entry, or 0
         self._learned: tuple[int, Ballot] | None = None  # (slot, ballot) heard chosen, not held yet (learn)
-        self._next_heartbeat = _NEVER
+        self._last_heartbeat = _NEVER
         self._unsent = False  # entries appended since the last broadcast
 
     # --- what the shell may look at ---------------------------------------------------------
@@ -338,7 +347,24 @@ class Paxos:
         """When ``tick`` next has something to do: a leader's next heartbeat (when it also checks
         that a quorum still answers), anyone else's election deadline. After ``tick(now)`` it is
         later than now, so a shell may sleep until then instead of ticking on a fixed beat."""
-        return self._next_heartbeat if self.role == LEADER else self.election_deadline
+        return self._next_heartbeat() if self.role == LEADER else self.election_deadline
+
+    def _next_heartbeat(self) -> float:
+        timing = self.timing
+        return self._last_heartbeat + (timing.quiet_heartbeat_interval if self._quiet() else timing.heartbeat_interval)
+
+    def _quiet(self) -> bool:
+        """Every entry is committed and every peer holds all of them and was told the commit
+        index: a beat then only keeps the lease, and nothing waits for the next one."""
+        store = self.store
+        last = store.last_slot
+        if store.commit != last:
+            return False
+        for peer in self._peers():
+            pr = self._progress.get(peer)
+            if pr is None or pr.match != last or pr.told != last:
+                return False
+        return True
 
     def tick(self, now: float) -> None:
         self._last_now = now
@@ -346,7 +372,7 @@ class Paxos:
             if now - max(self._quorum_ack(now), self._leader_since) > self.timing.election_timeout:
                 # No majority for a whole timeout: the lease is long gone; let others lead.
                 self._become_follower(now)
-            elif now >= self._next_heartbeat:
+            elif now >= self._next_heartbeat():
                 self._heartbeat(now)
         elif now >= self.election_deadline:
             if self.role != FOLLOWER:
@@ -699,7 +725,10 @@ class Paxos:
         return slot
 
     def _heartbeat(self, now: float) -> None:
-        self._next_heartbeat = now + self.timing.heartbeat_interval
+        # Counted from when it was due: a shell that ticks a little late (replica.py ticks on a
+        # grid) does not put every later beat off too.
+        due = self._next_heartbeat()
+        self._last_heartbeat = due if now - due < self.timing.heartbeat_interval else now
         for peer in self._peers():
             # A peer that lost an Accept refuses the next one (a gap before it), so a beat
             # also repairs losses: the refusal moves next back to what the peer has.
@@ -720,6 +749,7 @@ class Paxos:
             prev = pr.next - 1
             entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
         commit = min(store.commit, prev + len(entries))
+        pr.told = max(pr.told, commit)
         self._send_accept(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
                                  entries))
         pr.next += len(entries)

@@ -69,13 +69,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
+import weakref
 from collections import deque
 
 from dynstore.limits import (CHECKPOINT_ENTRIES, CHECKPOINT_WRITE_AHEAD_FROM, CHECKPOINT_WRITE_AHEAD_PAGES,
-                             LOG_KEEP_ENTRIES, TICK_INTERVAL_S, WAL_SEGMENT_BYTES_DEFAULT)
+                             LOG_KEEP_ENTRIES, TICK_INTERVAL_S, TICK_QUANTUM_S, WAL_SEGMENT_BYTES_DEFAULT)
 from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import LOG as LOG_ROLE
 from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Ballot, Entries, HardState, SnapshotChunk,
@@ -206,6 +208,48 @@ def is_seeded(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, "tree.db"))
 
 
+class _Ticks:
+    """The tick grid of one event loop: a replica's tick is put off to the next multiple of its
+    quantum, and all ticks at one point share one timer, so the loop wakes once for them all and
+    the heartbeats of every group led here leave together (their peers' answers come back
+    together too). A deadline is kept at most a quantum late, a small part of any timeout."""
+
+    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock):
+        self._loop = loop
+        self._clock = clock
+        self._due: dict[float, list] = {}  # point -> callbacks
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, clock) -> _Ticks:
+        ticks = cls._by_loop.get(loop)
+        if ticks is None:
+            ticks = cls._by_loop[loop] = cls(loop, clock)
+        return ticks
+
+    def call(self, at: float, quantum: float, callback, armed: float) -> float | None:
+        """Call callback(point) at the grid point at or after ``at``; None if ``armed``, the
+        caller's tick already due, is no later. The caller ignores a point it has since moved."""
+        point = math.ceil(at / quantum - 1e-6) * quantum  # the 1e-6: a point the float division missed
+        if armed <= point:
+            return None
+        due = self._due.get(point)
+        if due is None:
+            due = self._due[point] = []
+            self._loop.call_later(max(point - self._clock(), 0.0), self._fire, point)
+        due.append(callback)
+        return point
+
+    def _fire(self, point: float) -> None:
+        early = point - self._clock()
+        if early > 0:  # the loop's timers round to its coarser clock
+            self._loop.call_later(early, self._fire, point)
+            return
+        for callback in self._due.pop(point):
+            callback(point)
+
+
 class Replica:
     """Replica ``replica_id`` of ``group``; ``send(m)`` puts a message on the network.
 
@@ -257,8 +301,8 @@ class Replica:
         self._closing = False
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start
-        self._tick_timer: asyncio.TimerHandle | None = None  # the core's next tick, at _tick_at
-        self._tick_at = 0.0
+        self._tick_at = math.inf  # the core's next tick (_Ticks)
+        self._tick_quantum = min(TICK_QUANTUM_S, timing.heartbeat_interval / 2)
         self._waiting: dict[int, tuple[asyncio.Future, bytes]] = {}  # slot -> (client future, its data)
         self._proposed = False  # proposed since it last stepped down: its waiters are to orphan (_flush)
         self.handing_over = False  # a hand-over of the lead is under way: no new proposals (transfer)
@@ -301,8 +345,7 @@ class Replica:
 
     async def close(self) -> None:
         self._closing = True
-        if self._tick_timer is not None:
-            self._tick_timer.cancel()
+        self._tick_at = math.inf
         await self._tasks.cancel_all()
         self._fail_waiters()
         self.wal.close()
@@ -310,22 +353,21 @@ class Replica:
 
     def _arm_tick(self) -> None:
         """Have the loop tick the core when it asks (``Paxos.wake_at``: a leader's heartbeat,
-        anyone else's election deadline), and at least every TICK_INTERVAL_S. A replica of an
-        idle group so wakes ten times a second as leader and as follower, not on a fixed fast
-        beat; with many groups per process those wake-ups were most of an idle node's work."""
+        anyone else's election deadline), and at least every TICK_INTERVAL_S, at the next point
+        of the process's tick grid (_Ticks): an idle node's work was mostly wake-ups, one per
+        replica per beat, and the replicas of a process now share them."""
         if self._loop is None or self._closing:
             return
         now = self.clock()
         at = now + TICK_INTERVAL_S if self.joining else min(self.core.wake_at(), now + TICK_INTERVAL_S)
-        if self._tick_timer is not None:
-            if self._tick_at <= at:
-                return
-            self._tick_timer.cancel()
-        self._tick_at = at
-        self._tick_timer = self._loop.call_later(max(at - now, 0.0), self._tick)
+        at = _Ticks.of(self._loop, self.clock).call(at, self._tick_quantum, self._tick, self._tick_at)
+        if at is not None:
+            self._tick_at = at
 
-    def _tick(self) -> None:
-        self._tick_timer = None
+    def _tick(self, at: float) -> None:
+        if at != self._tick_at:
+            return  # superseded by an earlier tick
+        self._tick_at = math.inf
         try:
             if not self.joining:
                 self.core.tick(self.clock())
