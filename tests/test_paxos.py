@@ -232,6 +232,19 @@ def _deliver_all(w):
         collect(w, m.dst)
 
 
+def test_a_leader_knows_which_peer_holds_the_most_of_its_log():
+    w = settle(_elected(), 6)
+    leader = _leader(w)
+    peer = 1 - leader
+    core = w.cores[leader]
+    assert core.matched(peer) == core.matched(2) == core.commit
+    slot = core.propose(b"x", float(w.clock))
+    collect(w, leader)
+    settle(w, w.clock + 1, cut=2)  # the log replica hears nothing
+    assert core.commit == slot and core.matched(peer) == slot > core.matched(2)
+    assert w.cores[peer].matched(leader) == 0  # only a leader keeps track
+
+
 def test_a_leader_hands_over_to_a_peer_holding_its_whole_log_without_waiting_an_election():
     w = _elected()
     old = _leader(w)

@@ -583,11 +583,12 @@ class Routing:
                                                          "members": group.members(), "log": log_only})
             ready = answer["ready"]
         elif group.next_to_remove(hosts, logs) == self.node_id:
-            # This leader leaves: it hands the lead to a storage member that stays first, so the
-            # group keeps a leader throughout instead of electing one once it has left (next
-            # round the new leader removes it). Should no instant for that come, it leaves anyway.
+            # This leader leaves: it hands the lead to the storage member that stays and holds
+            # the most of its log first, so the group keeps a leader throughout instead of
+            # electing one once it has left (next round the new leader removes it). Should no
+            # instant for that come, it leaves anyway.
             stays = [n for n in hosts if n in group.members() and n not in group.log_members()]
-            if stays and await group.transfer(stays[0]):
+            if stays and await group.transfer(group.most_caught_up(stays)):
                 return {"done": False}
         return {"done": group.reconfigure(hosts, logs, ready)}
 

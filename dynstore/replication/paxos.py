@@ -464,6 +464,11 @@ class Paxos:
             self._learned = (slot, ballot)
         return self._commit_learned()
 
+    def matched(self, peer: int) -> int:
+        """At a leader: the last slot ``peer`` is known to hold as the leader does (0 if none)."""
+        pr = self._progress.get(peer) if self.role == LEADER else None
+        return pr.match if pr is not None else 0
+
     def chosen(self, slot: int) -> Ballot | None:
         """At a leader: its ballot, if its entry at ``slot`` is of that ballot and committed (what
         ``learn`` takes at a follower); None otherwise."""

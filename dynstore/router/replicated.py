@@ -319,6 +319,12 @@ class ReplicaGroup:
     def leader_hint(self) -> int | None:
         return self.replica.core.leader
 
+    def most_caught_up(self, members: list[int]) -> int:
+        """Of these members, the one this leader knows to hold the most of its log (the first
+        of equals): the one a hand-over waits least for, and never one that stopped answering
+        while another kept up."""
+        return max(members, key=self.replica.core.matched)
+
     async def transfer(self, to: int) -> bool:
         """Hand the lead to member ``to`` once every write in flight is committed and ``to``
         holds the whole log (replica.py ``transfer``), within TRANSFER_WAIT_S; True if it did.
