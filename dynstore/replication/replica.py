@@ -228,18 +228,18 @@ class _Ticks:
             ticks = cls._by_loop[loop] = cls(loop, clock)
         return ticks
 
-    def call(self, at: float, quantum: float, callback, armed: float) -> float | None:
-        """Call callback(point) at the grid point at or after ``at``; None if ``armed``, the
-        caller's tick already due, is no later. The caller ignores a point it has since moved."""
-        point = math.ceil(at / quantum - 1e-6) * quantum  # the 1e-6: a point the float division missed
-        if armed <= point:
-            return None
+    @staticmethod
+    def point(at: float, quantum: float) -> float:
+        """The grid point at or after ``at`` (the 1e-6: a point the float division missed)."""
+        return math.ceil(at / quantum - 1e-6) * quantum
+
+    def call(self, point: float, callback) -> None:
+        """Call callback(point) at ``point``; a caller that has since moved its tick ignores it."""
         due = self._due.get(point)
         if due is None:
             due = self._due[point] = []
             self._loop.call_later(max(point - self._clock(), 0.0), self._fire, point)
         due.append(callback)
-        return point
 
     def _fire(self, point: float) -> None:
         early = point - self._clock()
@@ -360,9 +360,10 @@ class Replica:
             return
         now = self.clock()
         at = now + TICK_INTERVAL_S if self.joining else min(self.core.wake_at(), now + TICK_INTERVAL_S)
-        at = _Ticks.of(self._loop, self.clock).call(at, self._tick_quantum, self._tick, self._tick_at)
-        if at is not None:
-            self._tick_at = at
+        point = _Ticks.point(at, self._tick_quantum)
+        if point < self._tick_at:
+            self._tick_at = point
+            _Ticks.of(self._loop, self.clock).call(point, self._tick)
 
     def _tick(self, at: float) -> None:
         if at != self._tick_at:
