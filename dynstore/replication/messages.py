@@ -28,9 +28,10 @@ the same body layout with their own types and no addresses:
 """
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import crc32c
 
@@ -179,18 +180,14 @@ class Abdicate:
 Message = PreVote | PreVoteReply | Prepare | Promise | Accept | Accepted | SnapshotChunk | Abdicate
 
 _FRAME = struct.Struct("<II")
-_HEADER = struct.Struct("<BBQIIQI")
-_BALLOT = struct.Struct("<QI")
 _ENTRY = struct.Struct("<QQIBI")
-_U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_F64 = struct.Struct("<d")
 _MEMBER = struct.Struct("<IB")
 
 # Field layouts after the header, by type code. "b" ballot, "q" u64, "?" bool, "d" f64,
-# "E" entries, "M" snapshot meta, "y" bytes.
+# "E" entries, "M" snapshot meta, "m" members, "y" bytes.
 _LAYOUTS = {
     PreVote: (1, "q"),
     PreVoteReply: (2, "?"),
@@ -202,7 +199,39 @@ _LAYOUTS = {
     Abdicate: (8, "q"),
 }
 _RECORD_LAYOUTS = {HardState: (101, "bq"), Entries: (102, "E"), SnapshotMeta: (103, "qbm")}
-_BY_CODE = {code: (cls, layout) for cls, (code, layout) in (_LAYOUTS | _RECORD_LAYOUTS).items()}
+_MESSAGE_HEADER = "qiib"  # group, src, dst ("i": u32), ballot: the fields every message starts with
+_FIXED = {"b": "QI", "q": "Q", "i": "I", "?": "?", "d": "d"}  # struct codes of the fixed-size kinds
+_SINGLE = {kind: struct.Struct("<" + code) for kind, code in _FIXED.items()}  # one such field alone
+
+
+class _Plan(NamedTuple):
+    """How one type is laid out: its leading fixed-size fields (after the version and the type
+    code) as one struct, packed and unpacked in one call; the fields from the first one of
+    variable length on, one by one."""
+    cls: type
+    code: int
+    head: struct.Struct
+    fixed: str  # the kinds of the fields in ``head``
+    rest: str  # the kinds of the fields after it
+    fields: Callable | None  # a message's field values in order; None for a record (a tuple)
+
+
+def _plan(cls: type, code: int, kinds: str) -> _Plan:
+    n = 0
+    while n < len(kinds) and kinds[n] in _FIXED:
+        n += 1
+    head = struct.Struct("<BB" + "".join(_FIXED[k] for k in kinds[:n]))
+    fields = None
+    if cls in _LAYOUTS:
+        names = tuple(cls.__dataclass_fields__)
+        assert len(names) == len(kinds), cls
+        fields = operator.attrgetter(*names)
+    return _Plan(cls, code, head, kinds[:n], kinds[n:], fields)
+
+
+_PLANS = {cls: _plan(cls, code, _MESSAGE_HEADER + layout) for cls, (code, layout) in _LAYOUTS.items()}
+_PLANS.update({cls: _plan(cls, code, layout) for cls, (code, layout) in _RECORD_LAYOUTS.items()})
+_BY_CODE = {plan.code: plan for plan in _PLANS.values()}
 
 
 def encode_members(members: Members) -> bytes:
@@ -210,75 +239,64 @@ def encode_members(members: Members) -> bytes:
 
 
 def _put(out: list, kind: str, value) -> None:
-    if kind == "b":
-        out.append(_BALLOT.pack(*value))
-    elif kind == "q":
-        out.append(_U64.pack(value))
-    elif kind == "?":
-        out.append(_U8.pack(1 if value else 0))
-    elif kind == "d":
-        out.append(_F64.pack(value))
+    """A field after the leading fixed-size ones."""
+    if kind in _SINGLE:
+        out.append(_SINGLE[kind].pack(*value) if kind == "b" else _SINGLE[kind].pack(value))
+    elif kind == "E":
+        out.append(_U32.pack(len(value)))
+        for e in value:
+            out.append(_ENTRY.pack(e.slot, e.ballot.round, e.ballot.replica, e.kind, len(e.data)))
+            out.append(e.data)
     elif kind == "y":
         out.append(_U32.pack(len(value)))
         out.append(value)
     elif kind == "m":
         out.append(encode_members(value))
-    elif kind == "M":
-        out.append(_U64.pack(value.index) + _BALLOT.pack(*value.ballot) + encode_members(value.members))
-    else:  # "E"
-        out.append(_U32.pack(len(value)))
-        for e in value:
-            out.append(_ENTRY.pack(e.slot, e.ballot.round, e.ballot.replica, e.kind, len(e.data)))
-            out.append(e.data)
+    else:  # "M"
+        out.append(_U64.pack(value.index) + _SINGLE["b"].pack(*value.ballot) + encode_members(value.members))
 
 
-class _Reader:
-    __slots__ = ("buf", "pos")
+def _take(buf, pos: int, n: int) -> bytes:
+    if pos + n > len(buf):
+        raise FrameError("frame body ends inside a byte string")
+    return bytes(buf[pos:pos + n])
 
-    def __init__(self, buf: bytes, pos: int):
-        self.buf = buf
-        self.pos = pos
 
-    def unpack(self, st: struct.Struct) -> tuple:
-        if self.pos + st.size > len(self.buf):
-            raise FrameError("frame body ends inside a field")
-        values = st.unpack_from(self.buf, self.pos)
-        self.pos += st.size
-        return values
+def _members(buf, pos: int) -> tuple[Members, int]:
+    (count,) = _U16.unpack_from(buf, pos)
+    pos += _U16.size
+    members = []
+    for _ in range(count):
+        members.append(_MEMBER.unpack_from(buf, pos))
+        pos += _MEMBER.size
+    return tuple(members), pos
 
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise FrameError("frame body ends inside a byte string")
-        data = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return bytes(data)
 
-    def members(self) -> Members:
-        (count,) = self.unpack(_U16)
-        return tuple(self.unpack(_MEMBER) for _ in range(count))
-
-    def get(self, kind: str):
-        if kind == "b":
-            return Ballot(*self.unpack(_BALLOT))
-        if kind == "q":
-            return self.unpack(_U64)[0]
-        if kind == "?":
-            return self.unpack(_U8)[0] != 0
-        if kind == "d":
-            return self.unpack(_F64)[0]
-        if kind == "y":
-            return self.take(self.unpack(_U32)[0])
-        if kind == "m":
-            return self.members()
-        if kind == "M":
-            index = self.unpack(_U64)[0]
-            return SnapshotMeta(index, Ballot(*self.unpack(_BALLOT)), self.members())
-        (count,) = self.unpack(_U32)
+def _get(kind: str, buf, pos: int) -> tuple:
+    """A field after the leading fixed-size ones, at ``pos``: (its value, the position after
+    it). A field cut short raises struct.error (or FrameError, for a byte string)."""
+    if kind in _SINGLE:
+        values = _SINGLE[kind].unpack_from(buf, pos)
+        return Ballot(*values) if kind == "b" else values[0], pos + _SINGLE[kind].size
+    if kind == "E":
+        (count,) = _U32.unpack_from(buf, pos)
+        pos += _U32.size
         entries = []
         for _ in range(count):
-            slot, rnd, rep, kind_, n = self.unpack(_ENTRY)
-            entries.append(Entry(slot, Ballot(rnd, rep), kind_, self.take(n)))
-        return tuple(entries)
+            slot, rnd, rep, kind_, n = _ENTRY.unpack_from(buf, pos)
+            pos += _ENTRY.size
+            entries.append(Entry(slot, Ballot(rnd, rep), kind_, _take(buf, pos, n)))
+            pos += n
+        return tuple(entries), pos
+    if kind == "y":
+        (n,) = _U32.unpack_from(buf, pos)
+        return _take(buf, pos + _U32.size, n), pos + _U32.size + n
+    if kind == "m":
+        return _members(buf, pos)
+    (index,) = _U64.unpack_from(buf, pos)  # "M"
+    ballot, pos = _get("b", buf, pos + _U64.size)
+    members, pos = _members(buf, pos)
+    return SnapshotMeta(index, ballot, members), pos
 
 
 def encode_change(old: Members, new: Members) -> bytes:
@@ -287,25 +305,30 @@ def encode_change(old: Members, new: Members) -> bytes:
 
 
 def decode_change(data: bytes) -> tuple[Members, Members]:
-    reader = _Reader(data, 0)
-    base = reader.members()
-    members = reader.members()
-    if reader.pos != len(data):
+    try:
+        base, pos = _members(data, 0)
+        members, pos = _members(data, pos)
+    except struct.error:
+        raise FrameError("membership ends inside a field") from None
+    if pos != len(data):
         raise FrameError("trailing bytes after a membership")
     return base, members
 
 
 def _body(obj) -> bytes:
-    cls = type(obj)
-    if cls in _LAYOUTS:
-        code, layout = _LAYOUTS[cls]
-        out = [_HEADER.pack(PROTOCOL_VERSION, code, obj.group, obj.src, obj.dst, *obj.ballot)]
-        values = [getattr(obj, name) for name in obj.__dataclass_fields__][4:]
-    else:
-        code, layout = _RECORD_LAYOUTS[cls]
-        out = [_U8.pack(PROTOCOL_VERSION) + _U8.pack(code)]
-        values = list(obj)
-    for kind, value in zip(layout, values, strict=True):
+    plan = _PLANS[type(obj)]
+    values = obj if plan.fields is None else plan.fields(obj)
+    flat = [PROTOCOL_VERSION, plan.code]
+    for kind, value in zip(plan.fixed, values):
+        if kind == "b":
+            flat += value
+        else:
+            flat.append(value)
+    head = plan.head.pack(*flat)
+    if not plan.rest:
+        return head
+    out = [head]
+    for kind, value in zip(plan.rest, values[len(plan.fixed):]):
         _put(out, kind, value)
     return b"".join(out)
 
@@ -339,17 +362,26 @@ def decode(frame: bytes):
     version, code = body[0], body[1]
     if version not in READ_VERSIONS:
         raise FrameError(f"protocol version {version} is not readable here (reads {sorted(READ_VERSIONS)})")
-    if code not in _BY_CODE:
+    plan = _BY_CODE.get(code)
+    if plan is None:
         raise FrameError(f"unknown frame type {code}")
-    cls, layout = _BY_CODE[code]
-    if cls in _LAYOUTS:
-        reader = _Reader(body, 0)
-        _, _, group, src, dst, rnd, rep = reader.unpack(_HEADER)
-        head = [group, src, dst, Ballot(rnd, rep)]
-    else:
-        reader = _Reader(body, 2)
-        head = []
-    obj = cls(*head, *(reader.get(kind) for kind in layout))
-    if reader.pos != len(body):
+    try:
+        flat = plan.head.unpack_from(body)
+        args = []
+        i = 2
+        for kind in plan.fixed:
+            if kind == "b":
+                args.append(Ballot(flat[i], flat[i + 1]))
+                i += 2
+            else:
+                args.append(flat[i])
+                i += 1
+        pos = plan.head.size
+        for kind in plan.rest:
+            value, pos = _get(kind, body, pos)
+            args.append(value)
+    except struct.error:
+        raise FrameError("frame body ends inside a field") from None
+    if pos != len(body):
         raise FrameError("trailing bytes after the last field")
-    return obj
+    return plan.cls(*args)
