@@ -1,9 +1,10 @@
-"""A three-node cluster under open-loop load, beside moto_server: the short form of the
-latency budget's measurement (DESIGN.md section 6).
+"""A three-node cluster under open-loop load, beside moto_server and the floor: the short form
+of the latency budget's measurement (DESIGN.md section 6).
 
     pytest bench/bench_cluster.py --benchmark-only -p no:cacheprovider -s --benchmark-autosave
 
-``dynstore up --nodes 3`` and ``moto_server`` run in their own processes, started here, and
+``dynstore up --nodes 3``, ``moto_server`` and the floor (a server that answers at once,
+dynstore/bench/floor.py) run in their own processes, started here, and
 ``dynstore bench``'s generator (dynstore/bench/loadgen.py) drives each at a few fixed rates:
 GetItem eventually consistent (workload C) and PutItem (workload W) of 1 KB items, open
 loop, latency from the scheduled send. Each run is one pytest-benchmark round whose
@@ -17,6 +18,7 @@ The full sweep, with the same generator from the command line (README, "Measurin
     dynstore up --nodes 3 --port 8000 --data-dir /tmp/cluster &
     dynstore bench --workload W --rates 250,500,1000,1500 --duration 10 --keys 10000 --compare moto
     dynstore bench --workload C --rates 500,1000,2000,3000 --duration 10 --keys 10000 --compare moto
+    dynstore bench --workload C --rates 500,1000,2000,3000 --duration 10 --keys 10000 --compare floor
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import pytest
 
 from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECRET_ACCESS_KEY
 from dynstore.bench import loadgen, report
-from dynstore.bench.cli import _moto_server
+from dynstore.bench.cli import _floor_server, _moto_server
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 from test_cluster import Cluster  # noqa: E402
@@ -39,6 +41,9 @@ DURATION_S = 5.0
 RATES = (200, 400, 800)
 P99_BUDGET_US = 2000  # PutItem's p99 budget, also used for GetItem's sweep here
 WORKLOADS = {"GetItem": "C", "PutItem": "W"}  # C: GetItem only (eventually consistent), W: PutItem only
+# The floor (dynstore/bench/floor.py) answers at once: what the generator and the machine
+# cost before an endpoint does any work, at the same rates in the same run.
+TARGETS = ("dynstore", "moto", "floor")
 RUNS: list[dict] = []
 
 
@@ -47,11 +52,11 @@ def endpoints(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("cluster"))
     cluster.start()
     try:
-        with _moto_server() as moto:
+        with _moto_server() as moto, _floor_server(ITEM_BYTES) as floor:
             urls = {"dynstore": cluster.endpoints[1], "moto": moto}
             for url in urls.values():
                 loadgen.prepare(plan(url, "C", RATES[0]), load=True)
-            yield urls
+            yield {**urls, "floor": floor}
     finally:
         cluster.stop()
     summary()
@@ -65,7 +70,7 @@ def plan(url: str, workload: str, rate: float) -> loadgen.Plan:
 
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("operation", list(WORKLOADS))
-@pytest.mark.parametrize("target", ["dynstore", "moto"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_open_loop(benchmark, endpoints, target, operation, rate):
     benchmark.group = f"{operation} {rate}/s"
     result = benchmark.pedantic(loadgen.run, args=(plan(endpoints[target], WORKLOADS[operation], rate),),
@@ -88,7 +93,7 @@ def summary() -> None:
     for r in RUNS:
         print(f"{r['target']:9} {r['operation']:8} {r['rate']:5} {r['throughput']:6.0f} {r['p50_us']:7} "
               f"{r['p90_us']:7} {r['p99_us']:7} {r['p99_9_us']:7} {r['send_lag_p99_us']:7} {r['load_average']:5.2f}")
-    for target in ("dynstore", "moto"):
+    for target in TARGETS:
         for operation in WORKLOADS:
             within = [r["rate"] for r in RUNS if r["target"] == target and r["operation"] == operation
                       and r["p99_us"] <= P99_BUDGET_US and r["errors"] == 0]

@@ -234,3 +234,15 @@ def test_a_chart_without_matplotlib_is_refused_before_the_run_only_when_asked_fo
     else:
         assert "no chart: matplotlib is not installed" in result.output
         assert result.exit_code == 1 and "failed" in result.output  # it went on to the run
+
+
+def test_the_floor_server_answers_every_request_with_an_item_of_the_asked_size():
+    from dynstore.bench.cli import _floor_server
+    from dynstore.client.sync import Client
+
+    with _floor_server(2000) as url:
+        result = run(plan(url, rate=500.0, duration_s=2.0))
+        with Client(url, "AKIDBENCHTEST", "secret", "us-east-1") as client:
+            answer = client.call("GetItem", {"TableName": "bench", "Key": {"pk": {"S": "user0000000001"}}})
+    assert result.completed == 1000 and not result.errors and result.misses == 0
+    assert item_size(answer["Item"]) == 2000

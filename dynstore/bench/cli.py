@@ -8,7 +8,9 @@ They never run at the same time: on a small machine they would compete for the c
 each would measure the other.
 
 ``--compare moto`` (or ``--compare`` alone) starts ``moto_server -p <free port>`` as the peer
-and stops it at the end; ``--compare URL`` uses a running endpoint.
+and stops it at the end; ``--compare floor`` starts the floor (floor.py: answers at once,
+without a table), what the machine and the generator cost before any endpoint does work;
+``--compare URL`` uses a running endpoint.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +35,7 @@ from dynstore.api.credentials import DEVELOPMENT_ACCESS_KEY_ID, DEVELOPMENT_SECR
 from dynstore.bench.workloads import ARRIVALS, DISTRIBUTIONS, WORKLOADS
 
 DEFAULT_CHART = "bench.png"
-MOTO_START_S_MAX = 30.0  # moto_server imports a lot before it listens
+PEER_START_S_MAX = 30.0  # moto_server imports a lot before it listens
 
 
 def _free_port() -> int:
@@ -41,18 +44,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def _moto_server():
     """A moto_server on a free loopback port for the length of the block; yields its URL."""
     executable = shutil.which("moto_server")
     if executable is None:
         raise click.UsageError("--compare moto needs moto_server on PATH: pip install 'moto[server]'")
     port = _free_port()
+    return _server("moto_server", [executable, "-H", "127.0.0.1", "-p", str(port)], port)
+
+
+def _floor_server(item_size: int):
+    """The floor (floor.py) on a free loopback port for the length of the block; yields its URL."""
+    port = _free_port()
+    return _server("the floor server", [sys.executable, "-m", "dynstore.bench.floor", "--port", str(port),
+                                        "--item-size", str(item_size)], port)
+
+
+@contextlib.contextmanager
+def _server(name: str, argv: list[str], port: int):
+    """The process ``argv``, serving HTTP on loopback ``port``, for the length of the block;
+    yields its URL once it answers."""
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + MOTO_START_S_MAX
+        deadline = time.monotonic() + PEER_START_S_MAX
         while True:
             try:
                 urllib.request.urlopen(url + "/", timeout=1).close()
@@ -61,7 +76,7 @@ def _moto_server():
                 break  # it answered: listening
             except (urllib.error.URLError, ConnectionError):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise click.ClickException(f"moto_server did not start on port {port}") from None
+                    raise click.ClickException(f"{name} did not start on port {port}") from None
                 time.sleep(0.2)
         yield url
     finally:
@@ -91,7 +106,8 @@ def _rates(rate: float, rates: str | None, closed: bool) -> list[float | None]:
 @click.option("--endpoint", default="http://127.0.0.1:8000", show_default=True, help="The endpoint to measure.")
 @click.option("--label", default="dynstore", show_default=True, help="Its name in the report.")
 @click.option("--compare", "peer", is_flag=False, flag_value="moto", default=None,
-              help="Also run the same workload against this endpoint URL; 'moto' or no value starts moto_server.")
+              help="Also run the same workload against this endpoint URL; 'moto' or no value starts moto_server, "
+                   "'floor' a server that answers at once.")
 @click.option("--workload", type=click.Choice(list(WORKLOADS)), default="A", show_default=True,
               help="A: 50/50 get/put, B: 95/5, C: get only, W: put only.")
 @click.option("--distribution", type=click.Choice(DISTRIBUTIONS), default="zipfian", show_default=True)
@@ -144,6 +160,8 @@ def bench(endpoint, label, peer, workload, distribution, keys, item_size, rate, 
             if peer == "moto":
                 with console.status("starting moto_server"):
                     targets.append(("moto", stack.enter_context(_moto_server())))
+            elif peer == "floor":
+                targets.append(("floor", stack.enter_context(_floor_server(item_size))))
             else:
                 targets.append((urlsplit(peer).netloc or peer, peer))
         try:
@@ -195,6 +213,8 @@ def _prepare(console: Console, loadgen, plans: dict, load: bool) -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                   console=console, transient=True) as progress:
         for name, by_rate in plans.items():
+            if name == "floor":
+                continue  # it has no tables
             plan = next(iter(by_rate.values()))
             task = progress.add_task(f"{name}: creating table {plan.table}" + (", loading keys" if load else ""),
                                      total=plan.keys if load else 1)
