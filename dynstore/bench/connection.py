@@ -20,6 +20,7 @@ import asyncio
 import collections
 import socket
 import time
+from typing import Awaitable
 
 from dynstore.client.core import Endpoint, RequestBuilder, Response, ResponseReader
 
@@ -40,11 +41,13 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def exchange(self, request: bytes, waiter: asyncio.Future) -> None:
-        """Send ``request``; ``waiter`` gets the Response or a ConnectionError."""
+        """Send ``request``; ``waiter`` gets the Response with the instant its last byte came
+        in, or a ConnectionError."""
         self._waiter = waiter
         self._transport.write(request)
 
     def data_received(self, data: bytes) -> None:
+        received = time.monotonic()
         try:
             response = self._reader.feed(data)
         except ConnectionError as error:
@@ -59,7 +62,7 @@ class Connection(asyncio.Protocol):
         if waiter is None:
             self._fail(ConnectionError("the server sent a response to no request"))
         elif not waiter.done():
-            waiter.set_result(response)
+            waiter.set_result((response, received))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"the server closed the connection{f': {exc}' if exc else ''}"))
@@ -106,24 +109,41 @@ class Pool:
             raise
         return conn
 
-    async def call(self, operation: str, body: bytes) -> tuple[Response, float]:
-        """The response to one request and the ``time.monotonic()`` instant it was sent."""
+    def build(self, operation: str, body: bytes) -> bytes:
+        """One request, framed and signed now, to be sent by ``call`` (within the signature's
+        validity, minutes)."""
+        return self._builder.build(operation, body, time.time())
+
+    def call(self, request: bytes) -> Awaitable[tuple[Response, float, float]]:
+        """Send ``request``: at once when a connection is idle (before this returns), else on
+        the next connection to open or come free. Awaiting the result gives the response, the
+        ``time.monotonic()`` instant the request was sent and the one its last byte came in."""
         conn = self._take_idle()
         if conn is None:
-            if self._open < self.size_max:
-                conn = await self._connect()
-            else:
-                waiter = self._loop.create_future()
-                self._waiters.append(waiter)
-                conn = await waiter
+            return self._call_later(request)
+        return self._exchange(conn, request)
+
+    async def _call_later(self, request: bytes) -> tuple[Response, float, float]:
+        if self._open < self.size_max:
+            conn = await self._connect()
+        else:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            conn = await waiter
+        return await self._exchange(conn, request)
+
+    def _exchange(self, conn: Connection, request: bytes) -> Awaitable[tuple[Response, float, float]]:
         done = self._loop.create_future()
         sent = time.monotonic()
-        conn.exchange(self._builder.build(operation, body, time.time()), done)
+        conn.exchange(request, done)
+        return self._answer(conn, done, sent)
+
+    async def _answer(self, conn: Connection, done: asyncio.Future, sent: float) -> tuple[Response, float, float]:
         try:
-            response = await done
+            response, received = await done
         finally:
             self._release(conn)
-        return response, sent
+        return response, sent, received
 
     def _take_idle(self) -> Connection | None:
         while self._idle:

@@ -41,7 +41,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import orjson
 import uvloop
@@ -213,16 +213,16 @@ class _Recorder:
         }
 
 
-async def _request(pool: Pool, recorder: _Recorder, operation: str, body: bytes, scheduled: float,
-                   open_loop: bool) -> None:
+async def _request(recorder: _Recorder, operation: str, call: Awaitable, scheduled: float, open_loop: bool) -> None:
+    """Await ``call`` (Pool.call, sent already when a connection was idle) and record it."""
     try:
-        response, sent = await pool.call(operation, body)
+        response, sent, received = await call
     except OSError as error:  # ConnectionError and refused connects alike
         recorder.failure(error)
         return
     if open_loop:
         histogram.record(recorder.send_lag, sent - scheduled)
-    recorder.response(operation, response.status, response.body, scheduled if open_loop else sent, time.monotonic())
+    recorder.response(operation, response.status, response.body, scheduled if open_loop else sent, received)
 
 
 async def _open_loop(plan: Plan, index: int, pool: Pool, requests: Requests, recorder: _Recorder,
@@ -235,9 +235,12 @@ async def _open_loop(plan: Plan, index: int, pool: Pool, requests: Requests, rec
     n = 0
     scheduled = start + (index / plan.rate if plan.arrival == "constant" else arrivals.expovariate(share))
     while scheduled < end:
-        await timer.sleep_until(scheduled)
+        # Built and signed before its instant: that is the generator's work, not the endpoint's,
+        # and at the instant the request goes out at once, with no turn of the loop between.
         operation, body = requests.next()
-        task = loop.create_task(_request(pool, recorder, operation, body, scheduled, True))
+        request = pool.build(operation, body)
+        await timer.sleep_until(scheduled)
+        task = loop.create_task(_request(recorder, operation, pool.call(request), scheduled, True))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
         n += 1
@@ -262,7 +265,7 @@ async def _closed_loop(plan: Plan, index: int, pool: Pool, requests: Requests, r
     async def slot():
         while time.monotonic() < end:
             operation, body = requests.next()
-            await _request(pool, recorder, operation, body, 0.0, False)
+            await _request(recorder, operation, pool.call(pool.build(operation, body)), 0.0, False)
 
     await asyncio.gather(*(slot() for _ in range(_slots(plan, index))))
 
