@@ -10,6 +10,10 @@ without group commit: os.write then os.fdatasync per record on an O_APPEND file 
 directory. A shared disk's speed drifts a lot from second to second, so every case runs the
 plain loop right before itself and reports its ratio to that neighbour. The summary printed
 at the end gives each rate and ratio (the goal: 64 appenders reach at least 20x).
+
+The paced cases measure latency rather than rate: one append at a time, PACED_RATE a second,
+through the WAL and as a bare pwrite + fdatasync, so the disk and the processes are idle
+between appends, as at a replica under light load.
 """
 import asyncio
 import os
@@ -25,6 +29,9 @@ DURATION_S = 2.0
 RECORD = os.urandom(1024)
 RESULTS: dict[str, tuple[float, float]] = {}  # case -> (rate, the plain loop's rate beside it)
 PLAIN: dict = {}  # directory of a case -> the plain loop's rate measured just before it
+PACED_RATE = 200  # paced cases: appends a second, one at a time, as at a lightly loaded replica
+PACED_COUNT = 400
+PACED: dict[str, dict[str, float]] = {}  # paced case -> its latency percentiles
 
 
 def plain_loop(path, duration: float = DURATION_S) -> float:
@@ -102,7 +109,60 @@ def test_group_commit(benchmark, tmp_path, sync, appenders, drive):
     record(benchmark, f"WAL {sync:9s} {appenders:2d} {kind}", rate, PLAIN[tmp_path / "wal"])
 
 
+def paced(path, append) -> dict[str, float]:
+    """One durable append at a time, PACED_RATE a second, the disk idle between appends: the
+    median and p90 latency, in us, of ``durable()``, where ``append(path)`` gives ``(durable,
+    close)``."""
+    async def main() -> list[float]:
+        durable, close = append(path)
+        latencies = []
+        try:
+            for _ in range(PACED_COUNT):
+                await asyncio.sleep(1 / PACED_RATE)
+                start = time.perf_counter()
+                await durable()
+                latencies.append(time.perf_counter() - start)
+        finally:
+            close()
+        return sorted(latencies)
+
+    latencies = uvloop.run(main())
+    return {f"p{q}_us": round(latencies[len(latencies) * q // 100] * 1e6) for q in (50, 90)}
+
+
+def plain_pwrite(path):
+    """pwrite + fdatasync into a file written with zeros beforehand (as the WAL keeps its
+    segments), so that a sync carries no metadata: the least a durable append can cost."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, bytes(len(RECORD) * PACED_COUNT))
+    os.fsync(fd)
+    offsets = iter(range(0, len(RECORD) * PACED_COUNT, len(RECORD)))
+
+    async def durable():
+        os.pwrite(fd, RECORD, next(offsets))
+        os.fdatasync(fd)
+    return durable, lambda: os.close(fd)
+
+
+def wal_append(path):
+    wal = WAL(path, backend="native")
+
+    async def durable():
+        await wal.durable(wal.append(1, 0, RECORD))
+    return durable, wal.close
+
+
+@pytest.mark.parametrize("append", [plain_pwrite, wal_append], ids=["plain", "wal"])
+def test_paced_append_latency(benchmark, tmp_path, append):
+    latency = benchmark.pedantic(paced, args=(tmp_path / "log", append), rounds=1, iterations=1)
+    benchmark.extra_info.update(latency)
+    PACED[append.__name__] = latency
+
+
 def teardown_module():
     print("\ndurable 1 KB appends/s, and the plain loop measured just before each case")
     for name, (rate, plain) in RESULTS.items():
         print(f"  {name:28s} {rate:8.0f}/s   plain {plain:6.0f}/s   {rate / plain:5.1f}x")
+    print(f"\none durable 1 KB append at a time, {PACED_RATE} a second")
+    for name, latency in PACED.items():
+        print(f"  {name:12s} p50 {latency['p50_us']:6d} us   p90 {latency['p90_us']:6d} us")
