@@ -253,7 +253,9 @@ def _put(out: list, kind: str, value) -> None:
     elif kind == "m":
         out.append(encode_members(value))
     else:  # "M"
-        out.append(_U64.pack(value.index) + _SINGLE["b"].pack(*value.ballot) + encode_members(value.members))
+        _put(out, "q", value.index)
+        _put(out, "b", value.ballot)
+        out.append(encode_members(value.members))
 
 
 def _take(buf, pos: int, n: int) -> bytes:
