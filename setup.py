@@ -1,10 +1,12 @@
 """Build the native storage extensions.
 
-Two extensions are compiled by `pip install -e .`:
+Three extensions are compiled by `pip install -e .`:
 
 * ``dynstore.storage._btree`` from ``native/btree.pyx`` (Cython), the paged B+tree.
 * ``dynstore.storage._wal`` from ``native/wal.c`` through cffi's API mode
-  (``native/wal_build.py``), the write-ahead log with group commit.
+  (``native/cffi_build.py``), the write-ahead log with group commit.
+* ``dynstore.bench._sender`` from ``native/sender.c``, likewise: the benchmark generator's
+  sender, which writes requests at their instants and times their answers.
 
 ``DYNSTORE_DEBUG=1`` builds without optimisation and with assertions on.
 """
@@ -25,5 +27,5 @@ btree = Extension(
 
 setup(
     ext_modules=cythonize([btree], language_level=3, compiler_directives={"boundscheck": DEBUG, "wraparound": False}),
-    cffi_modules=["native/wal_build.py:ffibuilder"],
+    cffi_modules=["native/cffi_build.py:wal", "native/cffi_build.py:sender"],
 )

@@ -1,5 +1,5 @@
 /*
- * wal.h — the write-ahead log's C interface, used through cffi (native/wal_build.py).
+ * wal.h — the write-ahead log's C interface, used through cffi (native/cffi_build.py).
  *
  * The boundary is narrow: bytes in, bytes out, an error struct filled on failure. Every
  * function returns DS_WAL_OK (0) or one of the error codes below, which the Python face

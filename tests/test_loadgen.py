@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 from dynstore.bench import histogram
 from dynstore.bench.loadgen import Plan, run
-from dynstore.bench.timer import Timer
+from timer import Timer
 from dynstore.bench.workloads import Requests, WORKLOADS, make_filler
 from dynstore.api.values import item_size
 from dynstore.cli import main
@@ -60,9 +60,12 @@ class _Exchange(asyncio.Protocol):
 class DelayServer:
     """DynamoDB-shaped answers after ``delay()`` seconds; ``serial`` makes it one FIFO server."""
 
-    def __init__(self, delay, *, serial: bool = False):
+    def __init__(self, delay, *, serial: bool = False, close_every: int = 0, drop_every: int = 0):
         self.delay = delay
         self.serial = serial
+        self.close_every = close_every  # every n-th answer says Connection: close, and closes
+        self.drop_every = drop_every  # every n-th request gets no answer: its connection is closed
+        self.requests = 0
         self.free_at = 0.0  # serial mode: when the server finishes what it was given so far
         self.late = histogram.new()  # how much later than planned each answer left
         self.port = None
@@ -90,9 +93,16 @@ class DelayServer:
             done = now + self.delay()
         await self.timer.sleep_until(done)
         histogram.record(self.late, time.monotonic() - done)
+        self.requests += 1
+        if self.drop_every and self.requests % self.drop_every == 0:
+            transport.close()
+            return
+        close = self.close_every and self.requests % self.close_every == 0
         body = GET_RESPONSE if target.endswith(b"GetItem") else b"{}"
-        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n%s"
+                        b"Content-Length: %d\r\n\r\n%s" % (b"Connection: close\r\n" if close else b"", len(body), body))
+        if close:
+            transport.close()
 
     def __enter__(self):
         self._thread.start()
@@ -196,6 +206,24 @@ def test_generator_overhead_against_an_instant_server():
     # kernel's loopback send, charged to the sender. 300 us is 3300 requests a second per
     # process; the benches offer at most 3000 a second over two, under half a core each.
     assert result.cpu_us_per_request < 300
+
+
+def test_a_server_that_closes_connections_costs_handshakes_not_requests():
+    # Every answer closes its connection, as moto_server's does: each request opens a new one.
+    with DelayServer(lambda: 0.001, close_every=1) as server:
+        result = run(plan(server.url, rate=300.0, duration_s=2.0))
+    s = histogram.summary(result.latency)
+    print("closing server:", s, result.errors)
+    assert result.completed == 600 and not result.errors and result.unfinished == 0
+    assert ms(result.latency.get_min_value()) >= 1.0
+
+
+def test_requests_whose_connection_is_dropped_are_counted_as_errors():
+    with DelayServer(lambda: 0.001, drop_every=5) as server:
+        result = run(plan(server.url, rate=300.0, duration_s=2.0, workers=1))
+    print("dropping server:", result.completed, result.errors)
+    assert result.errors == {"ConnectionError": 120} and result.completed == 480 and result.unfinished == 0
+    assert histogram.summary(result.latency)["count"] == 480
 
 
 def test_items_have_the_requested_size():

@@ -12,10 +12,12 @@ Closed loop (``Plan.rate`` None): ``concurrency`` requests in flight, each sent 
 previous one on its slot answered, latency measured from the actual send. It finds the
 saturation throughput; its latencies hide queueing by construction.
 
-Process layout: ``workers`` processes (multiprocessing, spawned), each running a uvloop event
-loop with its own connection pool and its own share of the rate (constant arrivals are
-interleaved: process w sends requests w, w+W, w+2W, ...). Each process talks to the parent
-over a pipe::
+Process layout: ``workers`` processes (multiprocessing, spawned), each with its own share of
+the rate (constant arrivals are interleaved: process w sends requests w, w+W, w+2W, ...).
+In each, Python builds and signs the requests, ``BUILD_AHEAD_S`` ahead of their instants,
+and records what finished; the sending, the connections and the timestamps are the native
+sender's (sender.py), on a thread of its own, so that no Python work delays a send or the
+instant an answer is seen to come in. Each process talks to the parent over a pipe::
 
     worker -> parent  ("ready",)                          connections open, waiting for the start
     parent -> worker  start                               time.monotonic() instant of request 0
@@ -32,33 +34,37 @@ after the last send are reported unfinished), a generator process that dies (Ben
 """
 from __future__ import annotations
 
-import asyncio
 import collections
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import random
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 import orjson
-import uvloop
 from hdrh.histogram import HdrHistogram
 
 from dynstore import limits
 from dynstore.bench import histogram
-from dynstore.bench.connection import Pool
-from dynstore.bench.timer import Timer
+from dynstore.bench.sender import FAILURES, UNFINISHED, Sender
 from dynstore.bench.workloads import ARRIVALS, DISTRIBUTIONS, KEY_ATTRIBUTE, WORKLOADS, Requests, item, make_filler
 from dynstore.client import errors
+from dynstore.client.core import Endpoint, RequestBuilder
 from dynstore.client.sync import Client
 
 OPERATIONS = ("GetItem", "PutItem")
 START_DELAY_S = 0.2  # from the parent's start message to request 0: every process is awake by then
 READY_TIMEOUT_S = 60.0  # a process that has not opened its connections by then is stuck
 OPEN_LOOP_CONNECTIONS_AHEAD = 16  # opened before an open-loop run; more open on demand, counted in latency
+BUILD_AHEAD_S = 0.05  # open loop: a request is built and signed this long before its instant
+CLOSED_LOOP_AHEAD = 64  # closed loop: requests built beyond one per slot, for slots that come free
+POLL_S = 0.005  # how often the Python side looks for finished requests while it waits
+COLLECT_EVERY = 64  # open loop: submissions between looks when the generator is behind
 LOAD_ITEMS_PER_TASK = 1000  # items one loading thread writes per BatchWriteItem series
 LOAD_THREADS = 4
 
@@ -177,15 +183,16 @@ class _Recorder:
         self.last_done = start
         self.cpu_s = 0.0  # CPU time the process spent on the run: the generator's own cost
 
-    def response(self, operation: str, status: int, body: bytes, began: float, done: float) -> None:
-        """A response to a request that began (was scheduled, or sent) at ``began``."""
+    def response(self, operation: str, status: int, body: bytes, has_item: bool, began: float, done: float) -> None:
+        """A response to a request that began (was scheduled, or sent) at ``began``; ``body``
+        is (the start of) a non-200 answer's, ``has_item`` whether a 200 held an item."""
         self.last_done = max(self.last_done, done)
         if status != 200:
             self.failed += 1
             self.errors[_error_name(status, body)] += 1
             return
         self.completed += 1
-        if operation == "GetItem" and b'"Item"' not in body:
+        if operation == "GetItem" and not has_item:
             self.misses += 1
         latency = done - began
         histogram.record(self.operations[operation], latency)
@@ -195,9 +202,9 @@ class _Recorder:
             window = self.windows[second] = histogram.new()
         histogram.record(window, latency)
 
-    def failure(self, error: Exception) -> None:
+    def failure(self, name: str) -> None:
         self.failed += 1
-        self.errors[f"{type(error).__name__}"] += 1
+        self.errors[name] += 1
 
     def payload(self) -> dict:
         return {
@@ -213,61 +220,83 @@ class _Recorder:
         }
 
 
-async def _request(recorder: _Recorder, operation: str, call: Awaitable, scheduled: float, open_loop: bool) -> None:
-    """Await ``call`` (Pool.call, sent already when a connection was idle) and record it."""
-    try:
-        response, sent, received = await call
-    except OSError as error:  # ConnectionError and refused connects alike
-        recorder.failure(error)
-        return
-    if open_loop:
-        histogram.record(recorder.send_lag, sent - scheduled)
-    recorder.response(operation, response.status, response.body, scheduled if open_loop else sent, received)
+class _Feed:
+    """Builds, signs and submits the requests of one process, and records what finished."""
+
+    def __init__(self, plan: Plan, index: int, pipe, sender: Sender, recorder: _Recorder):
+        self.plan = plan
+        self.pipe = pipe
+        self.sender = sender
+        self.recorder = recorder
+        self.requests = Requests(WORKLOADS[plan.workload], table=plan.table, keys=plan.keys,
+                                 item_size=plan.item_size, distribution=plan.distribution,
+                                 consistent=plan.consistent, rng=random.Random(f"{plan.seed}/requests/{index}"))
+        self.builder = RequestBuilder(Endpoint.parse(plan.url), plan.key_id, plan.secret, plan.region)
+        self.operations: dict[int, str] = {}  # tag -> operation, for requests not finished yet
+        self.tags = itertools.count()
+        self.next_progress = recorder.start
+
+    def submit(self, instant: float) -> None:
+        operation, body = self.requests.next()
+        tag = next(self.tags)
+        self.operations[tag] = operation
+        self.sender.submit(self.builder.build(operation, body, time.time()), instant, tag)
+
+    def collect(self) -> None:
+        """Record what finished; report progress when it is due."""
+        recorder, open_loop = self.recorder, self.plan.open_loop
+        for r in self.sender.take():
+            operation = self.operations.pop(r.tag)
+            if r.status == UNFINISHED:
+                recorder.unfinished += 1
+            elif r.status < 0:
+                recorder.failure(FAILURES[r.status])
+            else:
+                if open_loop:
+                    histogram.record(recorder.send_lag, r.sent - r.scheduled)
+                recorder.response(operation, r.status, r.body, r.has_item, r.scheduled if open_loop else r.sent,
+                                  r.done)
+        now = time.monotonic()
+        if now >= self.next_progress:
+            self.pipe.send(("progress", recorder.completed, recorder.failed))
+            self.next_progress = now + limits.BENCH_PROGRESS_S
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.collect()
 
 
-async def _open_loop(plan: Plan, index: int, pool: Pool, requests: Requests, recorder: _Recorder,
-                     timer: Timer) -> None:
-    loop = asyncio.get_running_loop()
-    start, end = recorder.start, recorder.start + plan.duration_s
-    inflight: set[asyncio.Task] = set()
+def _open_loop(feed: _Feed, index: int) -> None:
+    plan = feed.plan
+    start, end = feed.recorder.start, feed.recorder.start + plan.duration_s
     arrivals = random.Random(f"{plan.seed}/arrivals/{index}")
     share = plan.rate / plan.workers
     n = 0
     scheduled = start + (index / plan.rate if plan.arrival == "constant" else arrivals.expovariate(share))
     while scheduled < end:
-        # Built and signed before its instant: that is the generator's work, not the endpoint's,
-        # and at the instant the request goes out at once, with no turn of the loop between.
-        operation, body = requests.next()
-        request = pool.build(operation, body)
-        await timer.sleep_until(scheduled)
-        task = loop.create_task(_request(recorder, operation, pool.call(request), scheduled, True))
-        inflight.add(task)
-        task.add_done_callback(inflight.discard)
+        # Built and signed ahead of its instant: that is the generator's work, not the endpoint's.
+        ahead = scheduled - time.monotonic() - BUILD_AHEAD_S
+        if ahead > 0:
+            feed.wait(min(ahead, POLL_S))
+            continue
+        feed.submit(scheduled)
         n += 1
-        if n % 32 == 0:
-            # A generator that has fallen behind finds every next instant passed and would
-            # otherwise create tasks for the whole run before any of them runs.
-            await asyncio.sleep(0)
+        if n % COLLECT_EVERY == 0:  # a generator that has fallen behind still reports
+            feed.collect()
         if plan.arrival == "constant":
             scheduled = start + (index + n * plan.workers) / plan.rate  # no drift from summed gaps
         else:
             scheduled += arrivals.expovariate(share)
-    if inflight:
-        _, pending = await asyncio.wait(inflight, timeout=limits.BENCH_DRAIN_S)
-        for task in pending:
-            task.cancel()
-        recorder.unfinished = len(pending)
+    feed.sender.finish()
 
 
-async def _closed_loop(plan: Plan, index: int, pool: Pool, requests: Requests, recorder: _Recorder) -> None:
-    end = recorder.start + plan.duration_s
-
-    async def slot():
-        while time.monotonic() < end:
-            operation, body = requests.next()
-            await _request(recorder, operation, pool.call(pool.build(operation, body)), 0.0, False)
-
-    await asyncio.gather(*(slot() for _ in range(_slots(plan, index))))
+def _closed_loop(feed: _Feed, slots: int) -> None:
+    end = feed.recorder.start + feed.plan.duration_s
+    while time.monotonic() < end:
+        while feed.sender.backlog() < slots + CLOSED_LOOP_AHEAD:
+            feed.submit(0.0)
+        feed.wait(POLL_S)
+    feed.sender.finish(discard=True)
 
 
 def _slots(plan: Plan, index: int) -> int:
@@ -275,41 +304,51 @@ def _slots(plan: Plan, index: int) -> int:
     return plan.concurrency // plan.workers + (index < plan.concurrency % plan.workers)
 
 
-async def _report_progress(recorder: _Recorder, pipe) -> None:
-    while True:
-        await asyncio.sleep(limits.BENCH_PROGRESS_S)
-        pipe.send(("progress", recorder.completed, recorder.failed))
-
-
-async def _work(plan: Plan, index: int, pipe) -> dict:
-    loop = asyncio.get_running_loop()
-    pool = Pool(loop, plan.url, plan.key_id, plan.secret, plan.region, plan.connections)
-    await pool.open(min(OPEN_LOOP_CONNECTIONS_AHEAD, plan.connections) if plan.open_loop else _slots(plan, index))
-    requests = Requests(WORKLOADS[plan.workload], table=plan.table, keys=plan.keys, item_size=plan.item_size,
-                        distribution=plan.distribution, consistent=plan.consistent,
-                        rng=random.Random(f"{plan.seed}/requests/{index}"))
-    timer = Timer(loop)
-    pipe.send(("ready",))
-    recorder = _Recorder(pipe.recv())
-    progress = loop.create_task(_report_progress(recorder, pipe))
-    await timer.sleep_until(recorder.start)
-    cpu_start = time.process_time()
+def _run_sender(sender: Sender, failures: list) -> None:
     try:
-        if plan.open_loop:
-            await _open_loop(plan, index, pool, requests, recorder, timer)
-        else:
-            await _closed_loop(plan, index, pool, requests, recorder)
+        sender.run(limits.BENCH_DRAIN_S)
+    except BaseException:
+        failures.append(traceback.format_exc())
+
+
+def _work(plan: Plan, index: int, pipe) -> dict:
+    slots = plan.connections if plan.open_loop else _slots(plan, index)
+    sender = Sender(plan.url, slots)
+    try:
+        sender.connect(min(OPEN_LOOP_CONNECTIONS_AHEAD, slots) if plan.open_loop else slots)
+        pipe.send(("ready",))
+        recorder = _Recorder(pipe.recv())
+        feed = _Feed(plan, index, pipe, sender, recorder)
+        time.sleep(max(0.0, recorder.start - BUILD_AHEAD_S - time.monotonic()))
+        failures: list[str] = []
+        runner = threading.Thread(target=_run_sender, args=(sender, failures), name="sender", daemon=True)
+        cpu_start = time.process_time()
+        runner.start()
+        try:
+            if plan.open_loop:
+                _open_loop(feed, index)
+            else:
+                time.sleep(max(0.0, recorder.start - time.monotonic()))
+                _closed_loop(feed, slots)
+        except BaseException:
+            sender.finish(discard=True)  # the run failed: send nothing more
+            raise
+        finally:
+            while runner.is_alive():
+                runner.join(POLL_S)
+                feed.collect()
+            recorder.cpu_s = time.process_time() - cpu_start
+        if failures:
+            raise BenchError(f"the sender failed:\n{failures[0]}")
+        feed.collect()
     finally:
-        recorder.cpu_s = time.process_time() - cpu_start
-        progress.cancel()
-        timer.close()
-        pool.close()
+        sender.close()
     return recorder.payload()
 
 
 def _worker(plan: Plan, index: int, pipe) -> None:
     try:
-        pipe.send(("result", uvloop.run(_work(plan, index, pipe))))
+        pipe.send(("result", _work(plan, index, pipe)))
     except BaseException:
         pipe.send(("error", traceback.format_exc()))
         raise

@@ -2,8 +2,8 @@
 
 uvloop rounds every timer to whole milliseconds (``asyncio.sleep(0.0003)`` returns at once,
 ``sleep(0.0013)`` after 1 or 2 ms) and the stock loop rounds epoll timeouts up to the next
-millisecond. An open-loop generator that sends late adds that lateness to every latency it
-reports, which is most of a 250 µs budget. A timerfd armed at an absolute
+millisecond. The test servers of test_loadgen.py answer after a planned delay; one that
+answers late adds that lateness to every latency the generator is checked against. A timerfd armed at an absolute
 ``CLOCK_MONOTONIC`` instant (the clock behind ``time.monotonic()``) fires within the
 kernel's wake-up latency, tens of microseconds, and the loop sees it as a readable file.
 
