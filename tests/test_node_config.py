@@ -1,9 +1,12 @@
-"""node.toml: what NodeConfig.dump writes, NodeConfig.load reads back; bad node lists are refused."""
+"""node.toml: what NodeConfig.dump writes, NodeConfig.load reads back; bad node lists are refused;
+the ports `dynstore up` gives its nodes."""
 import os
+import socket
 
 import pytest
 
 from dynstore.node.config import NodeAddress, NodeConfig
+from dynstore.node.supervisor import cluster_configs
 
 
 def _nodes():
@@ -67,3 +70,34 @@ def test_processes_default_to_one_per_core(tmp_path):
     assert NodeConfig.load(str(path)).me.processes == (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="below|from 1 to"):
         NodeConfig(1000, "/d", (NodeAddress(1000, "z", ("h", 1), ("h", 2), ("h", 3), processes=2),))
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave a connection in TIME_WAIT on ``port`` at the server's end, as a node that closed its
+    clients' connections on stop does."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server closes first: its end waits out TIME_WAIT
+            client.recv(1)
+
+
+def test_nodes_get_their_ports_again_right_after_a_stop(tmp_path):
+    base = next(p for p in range(20000, 30000, 3) if all(_bindable(p + i) for i in range(3)))
+    for port in (base + 1, base + 2):
+        _time_wait_on(port)
+    configs = cluster_configs(3, "127.0.0.1", base, str(tmp_path), "us-east-1", None)
+    assert [c.me.endpoint[1] for c in configs] == [base, base + 1, base + 2]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

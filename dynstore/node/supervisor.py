@@ -49,7 +49,10 @@ def _die_with_parent() -> None:
 
 
 def _free_or_any(host: str, port: int) -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As the server binds it: connections a node closed before a restart linger in
+        # TIME_WAIT on its port, and only a bind without SO_REUSEADDR counts them as a user.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
