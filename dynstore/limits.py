@@ -256,6 +256,12 @@ assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 # a deadline the shell missed costs one heartbeat's delay, while an idle replica wakes ten times
 # a second (a node holds many replicas; a fixed fast beat was most of an idle node's work).
 TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S
+# A leader whose commit index moved tells the followers holding the entries within this long, in
+# the next Accept or else in one of its own, rather than at the next heartbeat: what a follower
+# serves lags the leader by milliseconds, and a request waiting for a follower to apply a commit
+# (a node catching up with what it heard of, a write answered after a hand-over) waits as long.
+# Under a steady stream of writes the next Accept tells it, and nothing more is sent.
+COMMIT_TELL_S = 0.005
 # Ticks fall on a grid of this step (replica.py _Ticks), so the replicas of a process wake
 # together: one turn of the loop sends every group's heartbeat and their answers come back
 # together, where a wake-up per replica and beat was most of an idle node's work. A deadline is
@@ -324,8 +330,9 @@ CATALOG_RECONCILE_INTERVAL_S = 0.02
 # takes one to two election timeouts after the leader is missed, so four leaves room for a
 # second round of it.
 FORWARD_WAIT_S = 4 * ELECTION_TIMEOUT_S
-# Between looks at the leader hint while waiting: a tenth of a heartbeat interval would spin;
-# half of one finds a new leader soon after its first heartbeat.
+# The longest wait between looks at the leader hint while no leader is known: a request is woken
+# sooner by the replica seeing the leader change (a message, a hand-over); this bounds the wait
+# when it sees nothing (half a heartbeat interval finds a new leader soon after its first one).
 FORWARD_POLL_S = HEARTBEAT_INTERVAL_S / 2
 # A forwarded request goes to the leader a node believes in; a stale hint moves it once more,
 # and the metadata leader may route it on to the table's leader: three hops cover a hint gone

@@ -51,8 +51,9 @@ elsewhere this node keeps the slots the answers reported, and sends them along w
 table's next requests.
 
 A request for a group led elsewhere is forwarded to the leader's node over the forward
-port, following the replica's leader hint; with no leader known (an election) it waits
-and retries until FORWARD_WAIT_S, then answers ServiceUnavailable (retryable). Each hop
+port, following the replica's leader hint; with no leader known (an election, a hand-over)
+it waits for the replica to see the leader change (at most FORWARD_POLL_S at a time) and
+retries until FORWARD_WAIT_S, then answers ServiceUnavailable (retryable). Each hop
 counts, and a request is not forwarded more than FORWARD_HOPS_MAX times: while a leader
 changes, stale hints can pass it round in a circle. The node the client asked then routes it
 again after a poll, until FORWARD_WAIT_S (ServiceUnavailable means nothing was done).
@@ -233,7 +234,7 @@ class Routing:
         self.links = NodeLinks(forward_addresses, self.router.secret, node_id)
         self._server: asyncio.AbstractServer | None = None
         self.forwarded = 0  # requests this node sent to another node's leader
-        self.leader_waits = 0  # times a request waited FORWARD_POLL_S for its group's leader, or to route again
+        self.leader_waits = 0  # times a request waited for its group's leader to change, or to route again
         # Group -> the highest slot another node reported to this one (in a forwarded request or
         # an answer) that this node's replica had not applied yet when it last looked.
         self._heard: dict[int, int] = {}
@@ -460,7 +461,7 @@ class Routing:
                 raise ServiceUnavailable(f"no leader for replication group {group.group} within "
                                          f"{FORWARD_WAIT_S} s")
             self.leader_waits += 1
-            await asyncio.sleep(FORWARD_POLL_S)
+            await group.leader_change(FORWARD_POLL_S)
 
     async def _described_change(self, op: str, request: dict, hops: int) -> dict:
         """UpdateTable or DeleteTable at the metadata leader. Their answer describes the table

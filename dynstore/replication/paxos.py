@@ -57,7 +57,8 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   promise when its log matches the leader's at prev_slot (same ballot there, or slot
   already committed); it overwrites entries of other ballots and never touches a
   committed slot. A slot commits once a majority of the membership in force holds it
-  in the leader's ballot; the commit index rides on later Accepts and heartbeats. A quiet
+  in the leader's ballot; the commit index rides on later Accepts and heartbeats, or on
+  one the shell asks for soon after it moved (``tell_commit``). A quiet
   group (all committed, held and told everywhere) beats at a quarter of the election timeout.
 - Lease: an acceptor that hears from the leader at local time t refuses every other
   ballot (promise and pre-vote) until t + election_timeout; after a restart it refuses
@@ -238,13 +239,14 @@ class Ready:
 
 class _Progress:
     """The leader's view of one peer."""
-    __slots__ = ("match", "next", "snapshot_at", "told")
+    __slots__ = ("match", "next", "snapshot_at", "told", "sent_at")
 
     def __init__(self, next_slot: int):
         self.match = 0  # highest slot known to match the leader's log
         self.next = next_slot  # next slot to send
         self.snapshot_at = _NEVER  # when a snapshot was last asked for this peer
         self.told = 0  # highest commit index sent to this peer
+        self.sent_at = _NEVER  # when an Accept last went to this peer
 
 
 def _ids(members: Members) -> tuple:
@@ -740,6 +742,33 @@ class Paxos:
             self._progress_of(peer)
             self._send_append(peer)
 
+    def _untold(self) -> list[int]:
+        """At a leader: the peers holding entries up to a commit index they were not told of."""
+        if self.role != LEADER:
+            return []
+        commit, progress = self.store.commit, self._progress
+        return [peer for peer in self._peers()
+                if peer in progress and progress[peer].told < min(commit, progress[peer].match)]
+
+    def commit_untold(self) -> bool:
+        return bool(self._untold())
+
+    def tell_commit(self, now: float, idle: float) -> tuple[bool, float | None]:
+        """At a leader: tell each peer of ``commit_untold`` that was sent nothing for ``idle``
+        the commit index (an Accept from its next slot, as a heartbeat is); one sent something
+        since is told by its next Accept, if one comes by then. Returns whether a message went
+        out, and when to ask again for the peers left untold (None: none is)."""
+        self._last_now = now
+        sent, again = False, None
+        for peer in self._untold():
+            due = self._progress[peer].sent_at + idle
+            if due <= now:
+                self._send_append(peer)
+                sent = True
+            else:
+                again = due if again is None else min(again, due)
+        return sent, again
+
     def _send_append(self, peer: int) -> None:
         store = self.store
         pr = self._progress[peer]
@@ -755,6 +784,7 @@ class Paxos:
             entries = store.slice(pr.next, min(store.last_slot, prev + ACCEPT_ENTRIES_MAX))
         commit = min(store.commit, prev + len(entries))
         pr.told = max(pr.told, commit)
+        pr.sent_at = now
         self._send_accept(Accept(self.group, self.id, peer, self.ballot, prev, store.ballot_at(prev), commit, now,
                                  entries))
         pr.next += len(entries)

@@ -77,7 +77,8 @@ import weakref
 from collections import deque
 
 from dynstore.limits import (CHECKPOINT_ENTRIES, CHECKPOINT_WRITE_AHEAD_FROM, CHECKPOINT_WRITE_AHEAD_PAGES,
-                             LOG_KEEP_ENTRIES, TICK_INTERVAL_S, TICK_QUANTUM_S, WAL_SEGMENT_BYTES_DEFAULT)
+                             COMMIT_TELL_S, LOG_KEEP_ENTRIES, TICK_INTERVAL_S, TICK_QUANTUM_S,
+                             WAL_SEGMENT_BYTES_DEFAULT)
 from dynstore.replication.errors import NotChosen, NotLeader
 from dynstore.replication.messages import LOG as LOG_ROLE
 from dynstore.replication.messages import (COMMAND, ZERO_BALLOT, Ballot, Entries, HardState, SnapshotChunk,
@@ -300,6 +301,7 @@ class Replica:
         self._draining = False  # the WAL calls _drain once it makes more durable
         self._closing = False
         self._flush_scheduled = False
+        self._telling: asyncio.TimerHandle | None = None  # a leader's tell of its commit index (_tell_soon)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start
         self._tick_at = math.inf  # the core's next tick (_Ticks)
         self._tick_quantum = min(TICK_QUANTUM_S, timing.heartbeat_interval / 2)
@@ -346,6 +348,8 @@ class Replica:
     async def close(self) -> None:
         self._closing = True
         self._tick_at = math.inf
+        if self._telling is not None:
+            self._telling.cancel()
         await self._tasks.cancel_all()
         self._fail_waiters()
         self.wal.close()
@@ -474,6 +478,7 @@ class Replica:
         self._flush_scheduled = False
         rd = self.core.ready()
         self._arm_tick()  # a step or a proposal may have moved the core's next deadline earlier
+        self._tell_soon()
         if self._proposed and self.core.role != LEADER:
             self._proposed = False
             self._orphan_waiters()
@@ -493,6 +498,24 @@ class Replica:
         self._pending.append((self._target_lsn, rd, applied))
         self._pending_applies += bool(rd.committed) and not applied
         self._watch_pending()
+
+    def _tell_soon(self) -> None:
+        """As leader, with a commit index some follower holding the entries was not told of:
+        tell it once nothing went to it for COMMIT_TELL_S (paxos.py ``tell_commit``): a
+        follower in a stream of Accepts is told by the next, one left idle gets one of its own."""
+        if self._telling is None and not self._closing and self.core.commit_untold():
+            self._telling = asyncio.get_running_loop().call_later(COMMIT_TELL_S, self._tell)
+
+    def _tell(self) -> None:
+        self._telling = None
+        if self._closing:
+            return
+        now = self.clock()
+        sent, again = self.core.tell_commit(now, COMMIT_TELL_S)
+        if sent:
+            self._schedule_flush()
+        if again is not None:
+            self._telling = asyncio.get_running_loop().call_later(again - now, self._tell)
 
     def _watch_pending(self) -> None:
         """Have the WAL call _drain once the oldest waiting Ready is durable, unless it will."""

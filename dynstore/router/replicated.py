@@ -161,6 +161,8 @@ class ReplicaGroup:
                                log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES,
                                joining=joining)
         self._members_seen = None  # the membership the transport was last linked to
+        self._leadership = None  # (role, leader, ballot) as last seen: a change wakes leader_change
+        self._leadership_waiters: set[asyncio.Future] = set()
         self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
         self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
         # Writes proposed here and not yet applied: key -> newest value, and how many writes of
@@ -180,6 +182,7 @@ class ReplicaGroup:
     def _on_message(self, m) -> None:
         self.replica.step(m)
         self._follow_members()
+        self._note_leadership()
 
     def _follow_members(self) -> None:
         """Link to every member the log names that this replica has no link to yet, and drop
@@ -316,6 +319,34 @@ class ReplicaGroup:
     def is_leader(self) -> bool:
         return self.replica.core.role == LEADER
 
+    def _note_leadership(self, *, ended_hand_over: bool = False) -> None:
+        """Wake the requests waiting for a leader (``leader_change``) if this replica's role,
+        the leader it knows of, the ballot or whether it may serve as leader (a new leader may
+        once its first entry commits, paxos.py ``lease_valid``) changed, or a hand-over of its
+        lead just ended."""
+        core = self.replica.core
+        seen = (core.role, core.leader, core.ballot, core.lease_valid(self.replica.clock()))
+        if seen == self._leadership and not ended_hand_over:
+            return
+        self._leadership = seen
+        waiters, self._leadership_waiters = self._leadership_waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def leader_change(self, timeout: float) -> None:
+        """Return once this replica sees another leader, role or ballot, or itself become able
+        to serve as leader, or a hand-over of its lead end, or after ``timeout`` (an election
+        this replica hears nothing of yet, a lease that lapsed). Each of those comes with a
+        message or a hand-over, so a request that found no leader goes on within a round trip
+        of one being there, rather than after a fixed poll."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._leadership_waiters.add(waiter)
+        try:
+            await asyncio.wait([waiter], timeout=timeout)
+        finally:
+            self._leadership_waiters.discard(waiter)
+
     def leader_hint(self) -> int | None:
         return self.replica.core.leader
 
@@ -341,6 +372,7 @@ class ReplicaGroup:
             return False
         finally:
             self.replica.handing_over = False
+            self._note_leadership(ended_hand_over=True)
 
     async def read_barrier(self) -> None:
         await self.replica.read_barrier()
