@@ -256,11 +256,11 @@ assert ACCEPT_ENTRIES_MAX <= INFLIGHT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 # a deadline the shell missed costs one heartbeat's delay, while an idle replica wakes ten times
 # a second (a node holds many replicas; a fixed fast beat was most of an idle node's work).
 TICK_INTERVAL_S = HEARTBEAT_INTERVAL_S
-# A leader whose commit index moved tells the followers holding the entries within this long, in
-# the next Accept or else in one of its own, rather than at the next heartbeat: what a follower
-# serves lags the leader by milliseconds, and a request waiting for a follower to apply a commit
-# (a node catching up with what it heard of, a write answered after a hand-over) waits as long.
-# Under a steady stream of writes the next Accept tells it, and nothing more is sent.
+# A new leader's opening entry, and any commit of the metadata group, is told to the followers
+# holding it within this long, in the next Accept or else in one of its own, rather than at the
+# next heartbeat: a node waiting to have applied a catalog change it heard of, or to know that
+# its group has a leader that serves, waits as long. Under a steady stream of writes the next
+# Accept tells it, and nothing more is sent.
 COMMIT_TELL_S = 0.005
 # Ticks fall on a grid of this step (replica.py _Ticks), so the replicas of a process wake
 # together: one turn of the loop sends every group's heartbeat and their answers come back

@@ -58,7 +58,8 @@ Protocol. A ballot is (round, replica), unique to the replica that owns it.
   already committed); it overwrites entries of other ballots and never touches a
   committed slot. A slot commits once a majority of the membership in force holds it
   in the leader's ballot; the commit index rides on later Accepts and heartbeats, or on
-  one the shell asks for soon after it moved (``tell_commit``). A quiet
+  one the shell asks for soon after it moved (``tell_commit``: in the metadata group, and
+  everywhere for a new leader's opening entry). A quiet
   group (all committed, held and told everywhere) beats at a quarter of the election timeout.
 - Lease: an acceptor that hears from the leader at local time t refuses every other
   ballot (promise and pre-vote) until t + election_timeout; after a restart it refuses
@@ -742,25 +743,27 @@ class Paxos:
             self._progress_of(peer)
             self._send_append(peer)
 
-    def _untold(self) -> list[int]:
-        """At a leader: the peers holding entries up to a commit index they were not told of."""
+    def _untold(self, every: bool) -> list[int]:
+        """At a leader: the peers holding entries up to a commit index they were not told of;
+        unless ``every``, only those not told yet that this leader's opening entry committed."""
         if self.role != LEADER:
             return []
-        commit, progress = self.store.commit, self._progress
+        commit, progress, opening = self.store.commit, self._progress, self._start_slot
         return [peer for peer in self._peers()
-                if peer in progress and progress[peer].told < min(commit, progress[peer].match)]
+                if peer in progress and progress[peer].told < min(commit, progress[peer].match)
+                and (every or progress[peer].told < opening)]
 
-    def commit_untold(self) -> bool:
-        return bool(self._untold())
+    def commit_untold(self, every: bool) -> bool:
+        return bool(self._untold(every))
 
-    def tell_commit(self, now: float, idle: float) -> tuple[bool, float | None]:
+    def tell_commit(self, now: float, idle: float, every: bool) -> tuple[bool, float | None]:
         """At a leader: tell each peer of ``commit_untold`` that was sent nothing for ``idle``
         the commit index (an Accept from its next slot, as a heartbeat is); one sent something
         since is told by its next Accept, if one comes by then. Returns whether a message went
         out, and when to ask again for the peers left untold (None: none is)."""
         self._last_now = now
         sent, again = False, None
-        for peer in self._untold():
+        for peer in self._untold(every):
             due = self._progress[peer].sent_at + idle
             if due <= now:
                 self._send_append(peer)

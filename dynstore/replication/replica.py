@@ -302,6 +302,7 @@ class Replica:
         self._closing = False
         self._flush_scheduled = False
         self._telling: asyncio.TimerHandle | None = None  # a leader's tell of its commit index (_tell_soon)
+        self.tell_every_commit = False  # tell each commit soon, not only a new leader's first (_tell_soon)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start
         self._tick_at = math.inf  # the core's next tick (_Ticks)
         self._tick_quantum = min(TICK_QUANTUM_S, timing.heartbeat_interval / 2)
@@ -502,8 +503,10 @@ class Replica:
     def _tell_soon(self) -> None:
         """As leader, with a commit index some follower holding the entries was not told of:
         tell it once nothing went to it for COMMIT_TELL_S (paxos.py ``tell_commit``): a
-        follower in a stream of Accepts is told by the next, one left idle gets one of its own."""
-        if self._telling is None and not self._closing and self.core.commit_untold():
+        follower in a stream of Accepts is told by the next, one left idle gets one of its own.
+        Only the opening entry of a leader's term, unless ``tell_every_commit``: a group of
+        sparse writes would otherwise send two more messages a write."""
+        if self._telling is None and not self._closing and self.core.commit_untold(self.tell_every_commit):
             self._telling = asyncio.get_running_loop().call_later(COMMIT_TELL_S, self._tell)
 
     def _tell(self) -> None:
@@ -511,7 +514,7 @@ class Replica:
         if self._closing:
             return
         now = self.clock()
-        sent, again = self.core.tell_commit(now, COMMIT_TELL_S)
+        sent, again = self.core.tell_commit(now, COMMIT_TELL_S, self.tell_every_commit)
         if sent:
             self._schedule_flush()
         if again is not None:

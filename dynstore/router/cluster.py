@@ -157,6 +157,9 @@ class ClusterRouter:
         self.listener = Listener(self._peers[node_id], secret)
         self.catalog_lock = asyncio.Lock()
         self.meta = self._group(META_GROUP, os.path.join(data_dir, "meta"), None)
+        # Catalog changes are few and every node waits to have applied those it heard of before
+        # it routes a request: their commits are told at once, not at the next heartbeat.
+        self.meta.replica.tell_every_commit = True
         self.groups: dict[int, ReplicaGroup] = {}  # every table partition this node holds a replica of
         self._joining: set[int] = set()  # groups opened here waiting for a snapshot (some may have it by now)
         self._table_of: dict[int, str] = {}  # group -> TableId
