@@ -743,18 +743,20 @@ class Paxos:
             self._progress_of(peer)
             self._send_append(peer)
 
-    def _untold(self, every: bool) -> list[int]:
+    def _untold(self, every: bool):
         """At a leader: the peers holding entries up to a commit index they were not told of;
         unless ``every``, only those not told yet that this leader's opening entry committed."""
         if self.role != LEADER:
-            return []
+            return
         commit, progress, opening = self.store.commit, self._progress, self._start_slot
-        return [peer for peer in self._peers()
-                if peer in progress and progress[peer].told < min(commit, progress[peer].match)
-                and (every or progress[peer].told < opening)]
+        for peer in self._peers():
+            pr = progress.get(peer)
+            if pr is not None and pr.told < min(commit, pr.match) and (every or pr.told < opening):
+                yield peer
 
     def commit_untold(self, every: bool) -> bool:
-        return bool(self._untold(every))
+        """Asked after every turn of the shell's pipeline: stops at the first such peer."""
+        return next(self._untold(every), None) is not None
 
     def tell_commit(self, now: float, idle: float, every: bool) -> tuple[bool, float | None]:
         """At a leader: tell each peer of ``commit_untold`` that was sent nothing for ``idle``

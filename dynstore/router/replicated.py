@@ -161,7 +161,7 @@ class ReplicaGroup:
                                log_keep_entries=log_keep_entries, segment_bytes=REPLICA_WAL_SEGMENT_BYTES,
                                joining=joining)
         self._members_seen = None  # the membership the transport was last linked to
-        self._leadership = None  # (role, leader, ballot) as last seen: a change wakes leader_change
+        self._leadership = None  # _leadership_now() when the waiting began: a change wakes leader_change
         self._leadership_waiters: set[asyncio.Future] = set()
         self._range = KeyRange.decode(self.replica.tree.get(RANGE_KEY))
         self._range_tree = self.replica.tree  # the tree _range was read from (a snapshot replaces it)
@@ -319,13 +319,18 @@ class ReplicaGroup:
     def is_leader(self) -> bool:
         return self.replica.core.role == LEADER
 
+    def _leadership_now(self) -> tuple:
+        core = self.replica.core
+        return core.role, core.leader, core.ballot, core.lease_valid(self.replica.clock())
+
     def _note_leadership(self, *, ended_hand_over: bool = False) -> None:
         """Wake the requests waiting for a leader (``leader_change``) if this replica's role,
         the leader it knows of, the ballot or whether it may serve as leader (a new leader may
         once its first entry commits, paxos.py ``lease_valid``) changed, or a hand-over of its
-        lead just ended."""
-        core = self.replica.core
-        seen = (core.role, core.leader, core.ballot, core.lease_valid(self.replica.clock()))
+        lead just ended. Nothing to compare while no request waits (every message comes here)."""
+        if not self._leadership_waiters:
+            return
+        seen = self._leadership_now()
         if seen == self._leadership and not ended_hand_over:
             return
         self._leadership = seen
@@ -340,6 +345,8 @@ class ReplicaGroup:
         this replica hears nothing of yet, a lease that lapsed). Each of those comes with a
         message or a hand-over, so a request that found no leader goes on within a round trip
         of one being there, rather than after a fixed poll."""
+        if not self._leadership_waiters:
+            self._leadership = self._leadership_now()
         waiter = asyncio.get_running_loop().create_future()
         self._leadership_waiters.add(waiter)
         try:
